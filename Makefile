@@ -1,0 +1,38 @@
+# The README's two commands: `make demo` and `make test`. Both set up what they need.
+VENV    ?= .venv
+PYTHON  ?= python3
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.basis-installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test venv slurm-up slurm-down clean-runs
+
+$(STAMP): setup.cfg pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "basis: installing the project and its dependencies into $(VENV) (first time: a few minutes)"
+	$(PY) -m pip install --progress-bar off -q -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: venv
+	$(VENV)/bin/basis sweep configs/demo.yaml --sweep-dir runs/demo
+
+# Brings up the development Slurm when `sinfo` does not answer. Under
+# BASIS_REQUIRE_SLURM=1 (CI) a cluster that cannot start is an error.
+slurm-up:
+	@if sinfo -h -o %T 2>/dev/null | grep -qE 'idle|mix|alloc'; then \
+	  echo "basis: Slurm answers"; \
+	elif bash slurm/local/start.sh; then :; \
+	elif [ "$${BASIS_REQUIRE_SLURM:-0}" = 1 ]; then \
+	  echo "basis: Slurm is required but did not start (see above)"; exit 1; \
+	else echo "basis: no Slurm; Slurm tests will be skipped"; fi
+
+slurm-down:
+	bash slurm/local/stop.sh
+
+test: venv slurm-up
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean-runs:
+	rm -rf runs

@@ -1,0 +1,86 @@
+"""The Parquet contract between the jobs that write results and the analysis that reads them.
+
+Defined here, with pyarrow only, so the reader owns it and never imports the writer.
+Layout under ``SWEEP/results/``: one folder per table, Hive-partitioned by ``mode``
+(``trials/mode=predicted/<trial>.parquet``), one file per trial (or per stage for
+``image_scores``), each written to a temporary name and renamed.
+"""
+from __future__ import annotations
+
+import pyarrow as pa
+
+#: One row per trial: the flat config (these keys and any extra config columns), its
+#: outcome and where to look.
+TRIALS = pa.schema([
+    pa.field("trial", pa.string()),          # stable key: mode-beta-N-seed
+    pa.field("N", pa.int64()),               # strongly annotated images in total
+    pa.field("beta", pa.float64()),          # target IoU score; null for random
+    pa.field("seed", pa.int64()),
+    pa.field("mode", pa.string()),           # predicted | oracle | random (partition)
+    pa.field("n_init", pa.int64()),
+    pa.field("status", pa.string()),         # COMPLETED | FAILED
+    pa.field("error", pa.string()),
+    pa.field("ap50", pa.float64()),          # AP@0.5 of the annotation network, [0, 1]
+    pa.field("mae", pa.float64()),           # |predicted − true| image IoU score, [0, 1]
+    pa.field("budget_s", pa.float64()),      # annotation cost, seconds
+    pa.field("budget_days", pa.float64()),
+    pa.field("wall_s", pa.float64()),
+    pa.field("slurm_job_ids", pa.string()),  # comma separated, every stage the trial used
+    pa.field("mlflow_run_id", pa.string()),
+    pa.field("log_path", pa.string()),
+])
+
+#: One row per pool image of an init stage: what selection works from (Fig. 5).
+IMAGE_SCORES = pa.schema([
+    pa.field("image_id", pa.int64()),
+    pa.field("seed", pa.int64()),
+    pa.field("score_pred", pa.float64()),    # Eq. 2 over predicted IoUs
+    pa.field("iou_true", pa.float64()),      # the oracle image score
+    pa.field("n_objects", pa.int64()),
+    pa.field("mean_object_area", pa.float64()),
+    pa.field("in_init", pa.bool_()),
+])
+
+#: One row per selected image of a trial.
+SELECTIONS = pa.schema([
+    pa.field("trial", pa.string()),
+    pa.field("image_id", pa.int64()),
+    pa.field("rank", pa.int64()),
+    pa.field("mode", pa.string()),
+])
+
+#: One row per epoch of every training stage a trial ran.
+EPOCHS = pa.schema([
+    pa.field("trial", pa.string()),
+    pa.field("stage", pa.string()),
+    pa.field("epoch", pa.int64()),
+    pa.field("metric", pa.string()),
+    pa.field("value", pa.float64()),
+    pa.field("mode", pa.string()),
+])
+
+TABLES: dict[str, pa.Schema] = {
+    "trials": TRIALS,
+    "image_scores": IMAGE_SCORES,
+    "selections": SELECTIONS,
+    "epochs": EPOCHS,
+}
+#: Hive partition key per table (dropped from the file, recovered from the folder name).
+PARTITIONS: dict[str, str | None] = {
+    "trials": "mode", "image_scores": None, "selections": "mode", "epochs": "mode",
+}
+
+
+def to_table(name: str, rows: list[dict]) -> pa.Table:
+    """Rows → a table with the schema of ``name`` (missing columns become null).
+
+    Raises:
+        ValueError: a row holds a key the schema does not know.
+    """
+    schema = TABLES[name]
+    known = set(schema.names)
+    for row in rows:
+        extra = set(row) - known
+        if extra:
+            raise ValueError(f"{name}: unknown column(s) {sorted(extra)}")
+    return pa.Table.from_pylist(rows, schema=schema)

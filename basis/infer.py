@@ -1,0 +1,121 @@
+"""Inference: run a trained network over a dataset and return `ImagePrediction` records.
+
+W-RSIS (the annotation network) is given each image's weak label, image-level classes
+plus counts (IL+C): the class ids repeated by their counts. The largest-first order used
+in training is unknown at test time, so the sequence is ordered by class id, and the
+network runs exactly as many steps as the image has instances. Plain RSIS runs up to
+``max_steps`` steps and stops after the last step whose σ(stop) > 0.5.
+
+Confidence of each predicted object (used to rank detections for AP): as in RSIS,
+``score = p(label) · σ(stop)``, where p is the softmax of the class head and σ(stop) the
+probability that the step holds an object. For W-RSIS the label is the input class, for
+RSIS the most probable object class (end-of-sequence excluded).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pycocotools.mask as mask_utils
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from basis.data.synthetic import collate
+from basis.losses import LossConfig, iou_target_inverse
+from basis.metrics.iou import match_true_iou
+from basis.models.rsis import RSIS
+from basis.types import ImagePrediction
+
+
+def weak_class_sequence(labels_list: Sequence[torch.Tensor]) -> torch.Tensor:
+    """W-RSIS test-time inputs: each image's IL+C labels ordered by class id.
+
+    Args:
+        labels_list: per image (K_b,) long.
+
+    Returns:
+        (B, max(1, max K_b)) long, padded with 0.
+    """
+    steps = max([1] + [int(lab.numel()) for lab in labels_list])
+    out = torch.zeros(len(labels_list), steps, dtype=torch.long)
+    for b, lab in enumerate(labels_list):
+        out[b, : lab.numel()] = torch.sort(lab.cpu()).values
+    return out
+
+
+def encode_rles(masks: torch.Tensor) -> list[dict]:
+    """Binary masks → COCO RLEs with ``counts`` as str.
+
+    Args:
+        masks: (N, H, W) bool.
+    """
+    if masks.shape[0] == 0:
+        return []
+    arr = np.asfortranarray(masks.permute(1, 2, 0).cpu().numpy().astype(np.uint8))
+    rles = mask_utils.encode(arr)
+    for r in rles:
+        r["counts"] = r["counts"].decode("ascii")
+    return rles
+
+
+@torch.no_grad()
+def predict(model: RSIS, dataset: Dataset, batch_size: int = 16,
+            device: str | torch.device = "cpu", loss_cfg: LossConfig = LossConfig(),
+            with_iou_true: bool = True, num_workers: int = 0) -> list[ImagePrediction]:
+    """Predict every image of ``dataset`` in order.
+
+    Args:
+        model: a trained RSIS (W-RSIS when ``model.cfg.weak``).
+        dataset: items are `basis.types.Sample`; W-RSIS reads their labels as the weak
+            annotation, and their masks as ground truth for ``iou_true``.
+        batch_size: images per forward pass.
+        device: where to run.
+        loss_cfg: its ``iou_target`` says how to read the IoU output.
+        with_iou_true: fill ``iou_true`` from the ground-truth masks (False for data
+            without masks).
+        num_workers: DataLoader workers.
+
+    Returns:
+        One ImagePrediction per item, in dataset order. ``iou_pred`` is in IoU space.
+    """
+    device = torch.device(device)
+    was_training = model.training
+    model.to(device).eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                        num_workers=num_workers, collate_fn=collate)
+    preds: list[ImagePrediction] = []
+    try:
+        for batch in loader:
+            images = batch["images"].to(device)
+            class_seq = weak_class_sequence(batch["labels"]).to(device) if model.cfg.weak else None
+            out = model(images, class_seq)
+            cls_prob = torch.softmax(out.class_logits.float(), -1)
+            stop_prob = torch.sigmoid(out.stop_logits.float())
+            iou_pred = iou_target_inverse(out.iou.float(), loss_cfg.iou_target)
+            h, w = images.shape[-2:]
+            for b in range(images.shape[0]):
+                if class_seq is not None:
+                    n = int(batch["labels"][b].numel())
+                    labels = class_seq[b, :n]
+                else:
+                    above = (stop_prob[b] > 0.5).tolist()
+                    n = above.index(False) if False in above else len(above)
+                    labels = cls_prob[b, :n, 1:].argmax(-1) + 1
+                steps = torch.arange(n, device=device)
+                scores = cls_prob[b, steps, labels] * stop_prob[b, :n]
+                masks = (out.mask_logits[b, :n] > 0).cpu()
+                pred = ImagePrediction(
+                    image_id=int(batch["image_ids"][b]), height=int(h), width=int(w),
+                    rles=encode_rles(masks),
+                    labels=[int(x) for x in labels.tolist()],
+                    scores=[float(x) for x in scores.tolist()],
+                    iou_pred=[float(x) for x in iou_pred[b, :n].tolist()],
+                )
+                if with_iou_true:
+                    pred.iou_true = [float(x) for x in match_true_iou(
+                        masks, labels.cpu(), batch["masks"][b], batch["labels"][b],
+                        batch["ignore"][b])]
+                preds.append(pred)
+    finally:
+        model.train(was_training)
+    return preds

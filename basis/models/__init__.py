@@ -1,0 +1,4 @@
+"""Networks of the method."""
+from basis.models.rsis import RSIS, ConvLSTMCell, ModelConfig, RSISOutput
+
+__all__ = ["RSIS", "ConvLSTMCell", "ModelConfig", "RSISOutput"]

@@ -1,0 +1,283 @@
+"""RSIS / W-RSIS / IoU-W-RSIS: a recurrent encoder-decoder for instance segmentation.
+
+The encoder is a torchvision ResNet; the decoder is a stack of five ConvLSTM cells that
+emits one instance mask per time step (Salvador et al., RSIS). W-RSIS (paper section 4)
+also feeds the decoder, at every step, a one-hot vector of the class to segment (the
+weak IL+C label). IoU-W-RSIS (section 5) adds a branch that predicts the quality of each
+step's mask. Layer sizes follow the public RSIS code (DESIGN.md, "Details of the method
+that the paper leaves out") with the hidden size ``H`` as a parameter.
+
+ImageNet normalisation is part of the model: it takes images in [0, 1], as the datasets
+produce them.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+BACKBONES: dict[str, tuple[int, ...]] = {
+    # channels of relu(conv1), layer1, layer2, layer3, layer4
+    "resnet18": (64, 64, 128, 256, 512),
+    "resnet34": (64, 64, 128, 256, 512),
+    "resnet50": (64, 256, 512, 1024, 2048),
+    "resnet101": (64, 256, 512, 1024, 2048),
+}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the network.
+
+    Attributes:
+        backbone: torchvision ResNet name (the paper uses resnet101).
+        hidden: decoder width ``H`` (paper/RSIS: 128); cells have H, H/2, …, H/16
+            channels, so it must be a multiple of 16.
+        n_classes: object classes ``C`` (ids 1..C; class logit 0 is end-of-sequence).
+        max_steps: time steps of plain RSIS when no class sequence is given.
+        weak: W-RSIS, i.e. the decoder takes the class to segment at each step.
+        iou_head: add the IoU prediction branch (IoU-W-RSIS).
+        encoder_weights: local path of a torchvision ResNet state dict to start the
+            encoder from (nothing is downloaded); None for random initialisation.
+    """
+
+    backbone: str = "resnet18"
+    hidden: int = 64
+    n_classes: int = 20
+    max_steps: int = 8
+    weak: bool = True
+    iou_head: bool = True
+    encoder_weights: str | None = None
+
+
+@dataclass
+class RSISOutput:
+    """What the network predicts for a batch over T steps.
+
+    Attributes:
+        mask_logits: (B, T, H, W) one mask logit map per step, at input resolution.
+        class_logits: (B, T, C+1) class scores, index 0 = end of sequence.
+        stop_logits: (B, T); σ(stop) is the probability that the step holds an object
+            (RSIS convention: inference goes on while it is above 0.5).
+        iou: (B, T) predicted mask quality in IoU *target* space (see
+            `basis.losses.iou_target_transform`), in [0, 1]; zeros without an IoU head.
+    """
+
+    mask_logits: torch.Tensor
+    class_logits: torch.Tensor
+    stop_logits: torch.Tensor
+    iou: torch.Tensor
+
+
+class ConvLSTMCell(nn.Module):
+    """A convolutional LSTM cell (Shi et al. 2015) with a 3×3 kernel.
+
+    Args:
+        in_channels: channels of the input map.
+        hidden: channels of the hidden and cell states.
+    """
+
+    def __init__(self, in_channels: int, hidden: int, kernel_size: int = 3) -> None:
+        super().__init__()
+        self.hidden = hidden
+        self.gates = nn.Conv2d(in_channels + hidden, 4 * hidden, kernel_size,
+                               padding=kernel_size // 2)
+
+    def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step.
+
+        Args:
+            x: (B, in_channels, h, w).
+            state: previous (hidden, cell), each (B, hidden, h, w), or None for zeros.
+
+        Returns:
+            (hidden, cell), each (B, hidden, h, w).
+        """
+        if state is None:
+            z = x.new_zeros(x.shape[0], self.hidden, *x.shape[-2:])
+            state = (z, z)
+        h, c = state
+        i, f, o, g = self.gates(torch.cat([x, h], 1)).chunk(4, 1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        return h, c
+
+
+class ResNetEncoder(nn.Module):
+    """A torchvision ResNet cut into its five stages.
+
+    Args:
+        name: one of `BACKBONES`.
+        weights: local path to a torchvision state dict for this ResNet, or None.
+    """
+
+    def __init__(self, name: str, weights: str | None = None) -> None:
+        super().__init__()
+        if name not in BACKBONES:
+            raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}")
+        net = getattr(torchvision.models, name)(weights=None)
+        if weights is not None:
+            load_encoder_weights(net, weights, name)
+        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+        self.layer1, self.layer2, self.layer3 = net.layer1, net.layer2, net.layer3
+        self.layer4 = net.layer4
+        self.channels = BACKBONES[name]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Args: x (B, 3, H, W) normalised. Returns the maps at strides 2, 4, 8, 16, 32."""
+        x1 = self.relu(self.bn1(self.conv1(x)))
+        x2 = self.layer1(self.maxpool(x1))
+        x3 = self.layer2(x2)
+        x4 = self.layer3(x3)
+        x5 = self.layer4(x4)
+        return [x1, x2, x3, x4, x5]
+
+
+def load_encoder_weights(net: nn.Module, path: str, name: str) -> None:
+    """Load a local torchvision ResNet state dict into ``net`` (its ``fc`` is optional).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file is not a state dict of this ResNet.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"encoder_weights={path!r} does not exist; give the local path of a torchvision "
+            f"{name} state dict (no weights are downloaded)")
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict):
+        raise ValueError(f"{path!r} holds a {type(sd).__name__}, not a state dict")
+    sd = {k.removeprefix("module."): v for k, v in sd.items()}
+    if "fc.weight" not in sd:  # a headless backbone: keep the random fc, it is unused
+        sd.update({k: v for k, v in net.state_dict().items() if k.startswith("fc.")})
+    try:
+        net.load_state_dict(sd, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"{path!r} is not a torchvision {name} state dict: {e}") from e
+
+
+def _conv_bn(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout))
+
+
+class RSIS(nn.Module):
+    """Recurrent instance segmentation network (RSIS, W-RSIS, IoU-W-RSIS).
+
+    Args:
+        cfg: the architecture.
+        seed: when given, the random initialisation is drawn from this seed (without
+            touching the global RNG); otherwise from the global torch RNG.
+    """
+
+    def __init__(self, cfg: ModelConfig, seed: int | None = None) -> None:
+        super().__init__()
+        if seed is None:
+            self._build(cfg)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                self._build(cfg)
+
+    def _build(self, cfg: ModelConfig) -> None:
+        if cfg.hidden % 16:
+            raise ValueError(f"hidden={cfg.hidden} must be a multiple of 16")
+        self.cfg = cfg
+        hd = cfg.hidden
+        self.mean: torch.Tensor
+        self.std: torch.Tensor
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1),
+                             persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1),
+                             persistent=False)
+        self.encoder = ResNetEncoder(cfg.backbone, cfg.encoder_weights)
+        c1, c2, c3, c4, c5 = self.encoder.channels
+        # Skips from deep to shallow: layer4, layer3, layer2, layer1, relu(conv1).
+        skip_out = [hd, hd, hd // 2, hd // 4, hd // 8]
+        self.skips = nn.ModuleList(_conv_bn(c, o) for c, o in zip((c5, c4, c3, c2, c1), skip_out))
+        self.cell_dims = [hd, hd // 2, hd // 4, hd // 8, hd // 16]
+        n_cls_in = cfg.n_classes if cfg.weak else 0
+        cell_in = [hd] + [self.cell_dims[i - 1] + skip_out[i] for i in range(1, 5)]
+        self.cells = nn.ModuleList(ConvLSTMCell(ci + n_cls_in, co)
+                                   for ci, co in zip(cell_in, self.cell_dims))
+        self.conv_out = nn.Conv2d(self.cell_dims[-1], 1, 3, padding=1)
+        feat = sum(self.cell_dims)
+        self.fc_class = nn.Linear(feat, cfg.n_classes + 1)
+        self.fc_stop = nn.Linear(feat, 1)
+        self.fc_iou = nn.Linear(feat, 1) if cfg.iou_head else None
+
+    def iou_parameters(self) -> list[nn.Parameter]:
+        """The parameters of the IoU branch (empty without one)."""
+        return list(self.fc_iou.parameters()) if self.fc_iou is not None else []
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        return list(self.encoder.parameters())
+
+    def forward(self, images: torch.Tensor, class_seq: torch.Tensor | None = None) -> RSISOutput:
+        """Segment T instances per image.
+
+        Args:
+            images: (B, 3, H, W) float in [0, 1].
+            class_seq: (B, T) long, the class to segment at each step (1..C), 0 for
+                padding; required for W-RSIS, must be None for plain RSIS (T=max_steps).
+
+        Returns:
+            RSISOutput with T steps.
+        """
+        cfg = self.cfg
+        if cfg.weak and class_seq is None:
+            raise ValueError("W-RSIS (weak=True) needs class_seq (B, T)")
+        if not cfg.weak and class_seq is not None:
+            raise ValueError("plain RSIS (weak=False) takes no class_seq")
+        b, _, h, w = images.shape
+        t_steps = class_seq.shape[1] if class_seq is not None else cfg.max_steps
+
+        feats = self.encoder((images - self.mean) / self.std)
+        skips = [m(f) for m, f in zip(self.skips, reversed(feats))]
+        if class_seq is not None:
+            # Class 0 (padding) maps to the all-zero vector.
+            onehot = F.one_hot(class_seq.clamp(min=0), cfg.n_classes + 1)[..., 1:].to(images.dtype)
+
+        states: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(self.cells)
+        masks, classes, stops, ious = [], [], [], []
+        for t in range(t_steps):
+            x = skips[0]
+            maxp, avgp = [], []
+            for i, cell in enumerate(self.cells):
+                if class_seq is not None:
+                    cls = onehot[:, t, :, None, None].expand(-1, -1, *x.shape[-2:])
+                    x = torch.cat([x, cls], 1)
+                hid, cell_state = cell(x, states[i])
+                states[i] = (hid, cell_state)
+                maxp.append(hid.amax(dim=(2, 3)))
+                avgp.append(hid.mean(dim=(2, 3)))
+                if i + 1 < len(self.cells):
+                    nxt = skips[i + 1]
+                    x = torch.cat([F.interpolate(hid, size=nxt.shape[-2:], mode="bilinear",
+                                                 align_corners=False), nxt], 1)
+                else:
+                    x = F.interpolate(hid, size=(h, w), mode="bilinear", align_corners=False)
+            masks.append(self.conv_out(x)[:, 0])
+            side = torch.cat(maxp, 1)
+            classes.append(self.fc_class(side))
+            stops.append(self.fc_stop(side)[:, 0])
+            if self.fc_iou is not None:
+                # Paper Fig. 3: decoder features at every resolution, global *average*
+                # pooled, concatenated, one FC.
+                ious.append(torch.sigmoid(self.fc_iou(torch.cat(avgp, 1))[:, 0]))
+            else:
+                ious.append(images.new_zeros(b))
+        return RSISOutput(
+            mask_logits=torch.stack(masks, 1),
+            class_logits=torch.stack(classes, 1),
+            stop_logits=torch.stack(stops, 1),
+            iou=torch.stack(ious, 1),
+        )

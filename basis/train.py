@@ -1,0 +1,322 @@
+"""The training loop of RSIS / W-RSIS / IoU-W-RSIS, with hooks and resumable state.
+
+One code path serves one process and DDP: when `torch.distributed` is initialised the
+data is sharded with a `DistributedSampler` and the model wrapped in
+`DistributedDataParallel`; at world size 1 both are no-ops. Epoch shuffling depends on
+(seed, epoch) only, so a run resumed from `TrainState.state_dict()` continues exactly as
+the uninterrupted run would have (bit-identical on CPU).
+
+IoU schedule (paper section 5 / Table 2):
+  * "freeze" (default): ``epochs`` epochs of mask + class + stop loss with the IoU
+    branch off, then ``iou_epochs`` epochs that train only the IoU branch with every
+    other weight frozen (and BatchNorm statistics fixed: the model runs in eval mode).
+  * "joint" (the paper's "Baseline"): ``epochs`` epochs of all four terms at once;
+    ``iou_epochs`` is not used.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from basis.data.synthetic import collate
+from basis.losses import LossConfig, class_sequence, rsis_loss
+from basis.models.rsis import RSIS
+
+log = logging.getLogger(__name__)
+
+SEG_PARTS = ("mask", "class", "stop")
+ALL_PARTS = ("mask", "class", "stop", "iou")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train.
+
+    Attributes:
+        epochs: epochs of segmentation training.
+        batch_size: images per step and process.
+        lr_decoder: Adam learning rate of the decoder and heads (RSIS: 1e-3).
+        lr_encoder: Adam learning rate of the encoder. RSIS uses 1e-6 on an ImageNet
+            pretrained ResNet; here the encoder starts from random weights (none can be
+            downloaded), which needs the decoder's rate. With ``encoder_weights`` set,
+            use 1e-6 as in the paper.
+        lr_iou: Adam learning rate of the IoU branch (one linear layer). The paper gives
+            none; it trains the branch for ~100 epochs, and a short IoU-only phase on a
+            small set needs a larger rate than the decoder's to move at all.
+        iou_schedule: "freeze" or "joint" (see the module docstring).
+        iou_epochs: extra epochs that train only the IoU branch ("freeze" only).
+        seed: seeds the initial RNG state and the epoch shuffles.
+        num_workers: DataLoader workers.
+        grad_clip: max global gradient norm, None for no clipping.
+    """
+
+    epochs: int = 8
+    batch_size: int = 8
+    lr_decoder: float = 1e-3
+    lr_encoder: float = 1e-3
+    lr_iou: float = 1e-2
+    iou_schedule: str = "freeze"
+    iou_epochs: int = 3
+    seed: int = 0
+    num_workers: int = 0
+    grad_clip: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.iou_schedule not in ("freeze", "joint"):
+            raise ValueError(f"iou_schedule={self.iou_schedule!r} not in ('freeze', 'joint')")
+
+    @property
+    def total_epochs(self) -> int:
+        return self.epochs + (self.iou_epochs if self.iou_schedule == "freeze" else 0)
+
+
+@dataclass
+class TrainState:
+    """Everything a training run is, between two epochs.
+
+    Attributes:
+        model: the (unwrapped) network.
+        optimizer: Adam over encoder and decoder parameter groups.
+        epoch: epochs completed.
+        history: the metrics dict of every completed epoch.
+    """
+
+    model: RSIS
+    optimizer: torch.optim.Optimizer
+    epoch: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Model, optimizer, epoch, history and the RNG states (torch, CUDA, numpy, python)."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch,
+            "history": [dict(h) for h in self.history],
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "numpy": np.random.get_state(),
+                "python": random.getstate(),
+            },
+        }
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        self.model.load_state_dict(sd["model"])
+        self.optimizer.load_state_dict(sd["optimizer"])
+        self.epoch = int(sd["epoch"])
+        self.history = [dict(h) for h in sd["history"]]
+        rng = sd.get("rng")
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            if rng["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+            np.random.set_state(rng["numpy"])
+            random.setstate(rng["python"])
+
+
+class Hook:
+    """Callbacks of the training loop; subclass and override what you need.
+
+    Hooks run on every rank; a hook with side effects (files, tracking) should act on
+    rank 0 only.
+    """
+
+    def before_train(self, state: TrainState) -> None:
+        pass
+
+    def after_epoch(self, state: TrainState, metrics: dict[str, float]) -> None:
+        pass
+
+    def after_train(self, state: TrainState) -> None:
+        pass
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+def make_optimizer(model: RSIS, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Adam with three parameter groups: encoder, decoder (with the class and stop
+    heads), IoU branch (empty without one)."""
+    enc = set(id(p) for p in model.encoder_parameters())
+    iou = set(id(p) for p in model.iou_parameters())
+    rest = [p for p in model.parameters() if id(p) not in enc and id(p) not in iou]
+    return torch.optim.Adam([
+        {"params": model.encoder_parameters(), "lr": cfg.lr_encoder, "name": "encoder"},
+        {"params": rest, "lr": cfg.lr_decoder, "name": "decoder"},
+        {"params": model.iou_parameters(), "lr": cfg.lr_iou, "name": "iou"},
+    ])
+
+
+def total_epochs(cfg: TrainConfig, model: RSIS) -> int:
+    """Epochs of the whole run: no IoU-only phase for a model without an IoU branch."""
+    return cfg.total_epochs if model.cfg.iou_head else cfg.epochs
+
+
+def _phase(cfg: TrainConfig, epoch: int) -> str:
+    if cfg.iou_schedule == "joint":
+        return "joint"
+    return "segment" if epoch < cfg.epochs else "iou"
+
+
+def _set_trainable(model: RSIS, phase: str) -> tuple[str, ...]:
+    """Set requires_grad for the phase and return the loss terms it trains."""
+    iou_ids = set(id(p) for p in model.iou_parameters())
+    for p in model.parameters():
+        is_iou = id(p) in iou_ids
+        p.requires_grad_(phase == "joint" or (phase == "segment") != is_iou)
+    if phase == "iou":
+        model.eval()  # frozen means frozen: BatchNorm statistics too
+        return ("iou",)
+    model.train()
+    if phase == "segment" or not model.cfg.iou_head:
+        return SEG_PARTS
+    return ALL_PARTS
+
+
+def _average(sums: dict[str, float], count: int) -> dict[str, float]:
+    """Per-batch mean of each metric, averaged over ranks (weighted by batch count)."""
+    keys = sorted(sums)
+    device = "cpu"
+    if _world()[0] > 1 and dist.get_backend() == "nccl":
+        device = f"cuda:{torch.cuda.current_device()}"
+    vec = torch.tensor([sums[k] for k in keys] + [float(count)], dtype=torch.float64,
+                       device=device)
+    if _world()[0] > 1:
+        dist.all_reduce(vec)
+    n = max(vec[-1].item(), 1.0)
+    return {k: vec[i].item() / n for i, k in enumerate(keys)}
+
+
+def train(model: RSIS, dataset: Dataset, cfg: TrainConfig, loss_cfg: LossConfig = LossConfig(),
+          hooks: Sequence[Hook] = (), device: str | torch.device = "cpu",
+          state: dict[str, Any] | None = None, progress: bool = False) -> TrainState:
+    """Train ``model`` on ``dataset`` for ``cfg.total_epochs`` epochs, or what is left.
+
+    Args:
+        model: the network (moved to ``device``; trained in place).
+        dataset: items are `basis.types.Sample`.
+        cfg: schedule and optimiser settings (a model without an IoU branch skips the
+            IoU-only epochs).
+        loss_cfg: loss weights and IoU target.
+        hooks: callbacks, called in order.
+        device: where to train.
+        state: a `TrainState.state_dict()` to resume from; None starts fresh and seeds
+            torch, numpy and python from ``cfg.seed``. The weights are the caller's:
+            build the model with ``RSIS(model_cfg, seed=...)`` for a reproducible run.
+        progress: show a progress bar (rank 0 only).
+
+    Returns:
+        The final TrainState (``history`` holds one metrics dict per epoch with keys
+        ``epoch``, ``phase_iou`` (1.0 in the IoU-only phase), ``loss`` and each term,
+        ``lr_encoder``, ``lr_decoder``, ``lr_iou``, ``images``, ``seconds``, ``img_per_s``).
+    """
+    world, rank = _world()
+    device = torch.device(device)
+    if state is None:
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        random.seed(cfg.seed)
+    model.to(device)
+    ts = TrainState(model=model, optimizer=make_optimizer(model, cfg))
+    if state is not None:
+        ts.load_state_dict(state)
+
+    sampler: DistributedSampler = DistributedSampler(
+        dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=False)
+    # A last batch of one image breaks BatchNorm in training (1×1 maps in layer4 at
+    # small sizes), so only such a batch is dropped; it holds a different image each epoch.
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,
+                        num_workers=cfg.num_workers, collate_fn=collate,
+                        drop_last=len(sampler) % cfg.batch_size == 1 and len(sampler) > 1)
+    for h in hooks:
+        h.before_train(ts)
+
+    wrapped: nn.Module = model
+    wrapped_phase = None
+    n_epochs = total_epochs(cfg, model)
+    while ts.epoch < n_epochs:
+        phase = _phase(cfg, ts.epoch)
+        parts = _set_trainable(model, phase)
+        if wrapped_phase != phase:
+            # DDP registers the parameters that require grad when it is built, so the
+            # wrapper is rebuilt whenever the set of trainable parameters changes.
+            wrapped = (DistributedDataParallel(model, device_ids=[device.index]
+                                               if device.type == "cuda" else None)
+                       if world > 1 else model)
+            wrapped_phase = phase
+        sampler.set_epoch(ts.epoch)
+        metrics = _run_epoch(wrapped, model, loader, ts.optimizer, cfg, loss_cfg, parts,
+                             device, progress and rank == 0, ts.epoch)
+        metrics["phase_iou"] = float(phase == "iou")
+        ts.epoch += 1
+        ts.history.append(metrics)
+        log.info("epoch %d/%d %s", ts.epoch, n_epochs,
+                 " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        for h in hooks:
+            h.after_epoch(ts, metrics)
+    model.train()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    for h in hooks:
+        h.after_train(ts)
+    return ts
+
+
+def _run_epoch(wrapped: nn.Module, model: RSIS, loader: Iterable[dict],
+               optimizer: torch.optim.Optimizer, cfg: TrainConfig, loss_cfg: LossConfig,
+               parts: tuple[str, ...], device: torch.device, progress: bool,
+               epoch: int) -> dict[str, float]:
+    sums: dict[str, float] = {}
+    n_batches = 0
+    n_images = 0
+    t0 = time.perf_counter()
+    it: Iterable[dict] = loader
+    if progress:
+        from torch.hub import tqdm  # tqdm when installed, a plain fallback otherwise
+
+        it = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for batch in it:
+        batch["images"] = batch["images"].to(device, non_blocking=True)
+        class_seq = None
+        if model.cfg.weak:
+            steps = max(1, max(int(lab.numel()) for lab in batch["labels"]))
+            class_seq = class_sequence(batch["labels"], batch["masks"], steps).to(device)
+            batch["class_seq"] = class_seq
+        out = wrapped(batch["images"], class_seq)
+        loss, logs = rsis_loss(out, batch, loss_cfg, parts)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+        optimizer.step()
+        for k, v in logs.items():
+            sums[k] = sums.get(k, 0.0) + v
+        n_batches += 1
+        n_images += int(batch["images"].shape[0])
+    secs = time.perf_counter() - t0
+    metrics = _average(sums, n_batches)
+    metrics.update({
+        "epoch": float(epoch + 1),
+        "lr_encoder": float(optimizer.param_groups[0]["lr"]),
+        "lr_decoder": float(optimizer.param_groups[1]["lr"]),
+        "lr_iou": float(optimizer.param_groups[2]["lr"]),
+        "images": float(n_images),
+        "seconds": secs,
+        "img_per_s": n_images / max(secs, 1e-9),
+    })
+    return metrics

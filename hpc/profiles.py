@@ -1,0 +1,138 @@
+"""Cluster profiles: every cluster fact comes from ``slurm/profiles/<name>.yaml``.
+
+A profile names the submitit executor and the resources of a job. It is validated
+before anything is submitted: unknown keys, wrong types and values that could smuggle
+extra ``#SBATCH`` lines into the generated script are refused with one clear line.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+#: Where the shipped profiles live (the repository's ``slurm/profiles``).
+PROFILES_DIR = Path(__file__).resolve().parent.parent / "slurm" / "profiles"
+EXECUTORS = ("local", "slurm", "debug")
+_UNSAFE = re.compile(r"[\n\r;]|#SBATCH")
+
+
+class ProfileError(ValueError):
+    """A profile that cannot be used; the message names the field."""
+
+
+@dataclass(frozen=True)
+class ClusterProfile:
+    """Resources and placement of every job of a sweep.
+
+    ``setup`` lines run in the job's shell before Python starts (module loads, venv
+    activation): they are shell by design, so only put there what you would type.
+    """
+
+    name: str
+    executor: str = "local"
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    nodes: int = 1
+    tasks_per_node: int = 1
+    gpus_per_node: int = 0
+    cpus_per_task: int = 1
+    mem_gb: float | None = None
+    timeout_min: int = 60
+    max_concurrent_trials: int = 2
+    setup: tuple[str, ...] = ()
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.executor not in EXECUTORS:
+            raise ProfileError(f"profile {self.name}: executor={self.executor!r}, "
+                               f"allowed: {', '.join(EXECUTORS)}")
+        for key in ("nodes", "tasks_per_node", "cpus_per_task", "timeout_min",
+                    "max_concurrent_trials"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or value < 1:
+                raise ProfileError(f"profile {self.name}: {key}={value!r}, must be an integer ≥ 1")
+        if not isinstance(self.gpus_per_node, int) or self.gpus_per_node < 0:
+            raise ProfileError(f"profile {self.name}: gpus_per_node={self.gpus_per_node!r}, "
+                               "must be an integer ≥ 0")
+        if self.gpus_per_node and self.tasks_per_node > self.gpus_per_node:
+            raise ProfileError(
+                f"profile {self.name}: tasks_per_node={self.tasks_per_node} > "
+                f"gpus_per_node={self.gpus_per_node}; DDP runs one task per GPU")
+        for key in ("name", "partition", "account", "qos"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, str) or _UNSAFE.search(value)):
+                raise ProfileError(f"profile {self.name!r}: {key}={value!r} holds a newline, "
+                                   "';' or '#SBATCH'")
+
+    @classmethod
+    def load(cls, name_or_path: str | Path) -> "ClusterProfile":
+        """Load ``slurm/profiles/NAME.yaml`` or a YAML file path."""
+        path = Path(name_or_path)
+        if path.suffix not in (".yaml", ".yml"):
+            path = PROFILES_DIR / f"{name_or_path}.yaml"
+        if not path.is_file():
+            known = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+            raise ProfileError(f"profile {name_or_path!r} not found (known: {', '.join(known)})")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ProfileError(f"{path}: not valid YAML: {err}") from err
+        if not isinstance(raw, dict):
+            raise ProfileError(f"{path}: expected a mapping of profile keys")
+        raw.setdefault("name", path.stem)
+        allowed = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - allowed)
+        if unknown:
+            raise ProfileError(f"{path}: unknown key(s) {', '.join(unknown)}; "
+                               f"allowed: {', '.join(sorted(allowed))}")
+        raw["setup"] = tuple(raw.get("setup") or ())
+        return cls(**raw)
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.tasks_per_node
+
+
+def make_executor(profile: ClusterProfile, folder: str | Path) -> Any:
+    """A submitit executor for ``profile`` writing its logs under ``folder``.
+
+    Every parameter reaches ``sbatch`` through submitit's own typed parameters.
+    """
+    import submitit
+
+    folder = Path(folder)
+    if profile.executor == "debug":
+        return submitit.DebugExecutor(folder=folder)
+    if profile.executor == "local":
+        ex = submitit.LocalExecutor(folder=folder)
+        ex.update_parameters(timeout_min=profile.timeout_min, nodes=1,
+                             tasks_per_node=profile.tasks_per_node)
+        return ex
+    ex = submitit.AutoExecutor(folder=folder, cluster="slurm")
+    params: dict[str, Any] = dict(
+        timeout_min=profile.timeout_min,
+        nodes=profile.nodes,
+        tasks_per_node=profile.tasks_per_node,
+        cpus_per_task=profile.cpus_per_task,
+    )
+    if profile.gpus_per_node:
+        params["gpus_per_node"] = profile.gpus_per_node
+    if profile.mem_gb is not None:
+        params["mem_gb"] = profile.mem_gb
+    if profile.partition:
+        params["slurm_partition"] = profile.partition
+    if profile.account:
+        params["slurm_account"] = profile.account
+    if profile.qos:
+        params["slurm_qos"] = profile.qos
+    if profile.setup:
+        params["slurm_setup"] = list(profile.setup)
+    params.update({f"slurm_{k}": v for k, v in profile.extra.items()})
+    ex.update_parameters(**params)
+    return ex

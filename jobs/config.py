@@ -1,0 +1,219 @@
+"""Frozen configs of a sweep and its trials; their flat form is the MLflow params,
+the Tune keys and the Parquet columns.
+
+Everything is validated when the sweep is loaded, before a single job is submitted:
+each error names the field and what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+MODES = ("predicted", "oracle", "random")
+SECTIONS = ("data", "model", "train", "loss")
+
+
+class ConfigError(ValueError):
+    """A sweep config that cannot run; the message names the field."""
+
+
+def _basis_classes() -> dict[str, type]:
+    from basis.data.synthetic import SyntheticConfig
+    from basis.losses import LossConfig
+    from basis.models.rsis import ModelConfig
+    from basis.train import TrainConfig
+
+    return {"data": SyntheticConfig, "model": ModelConfig, "train": TrainConfig,
+            "loss": LossConfig}
+
+
+def build(section: str, values: Mapping[str, Any]) -> Any:
+    """The `basis` dataclass of ``section`` from a mapping, with a clear error."""
+    cls = _basis_classes()[section]
+    allowed = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - allowed)
+    if unknown:
+        raise ConfigError(f"{section}: unknown key(s) {', '.join(unknown)}; "
+                          f"allowed: {', '.join(sorted(allowed))}")
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{section}: {err}") from err
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which images: the synthetic default (the only kind so far) and the split sizes."""
+
+    kind: str = "synthetic"
+    n_pool: int = 240          # the strong pool selection draws from (VOC12 train: 1464)
+    n_test: int = 64           # evaluation images (VOC12 val: 1449)
+    data_seed: int = 0         # identity of the synthetic dataset, not a trial seed
+    synthetic: Mapping[str, Any] = field(default_factory=dict)  # SyntheticConfig fields
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """The grid: N × β × seed per selection mode, plus the random baseline."""
+
+    n_init: int = 20
+    N: tuple[int, ...] = (40, 80)
+    beta: tuple[float, ...] = (0.3, 0.6)
+    seed: tuple[int, ...] = (0,)
+    modes: tuple[str, ...] = ("predicted",)
+    random_baseline: bool = True
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    name: str
+    profile: str = "local"
+    data: DataConfig = DataConfig()
+    model: Mapping[str, Any] = field(default_factory=dict)
+    train: Mapping[str, Any] = field(default_factory=dict)
+    loss: Mapping[str, Any] = field(default_factory=dict)
+    study: StudyConfig = StudyConfig()
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SweepConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from err
+        return cls.from_dict(raw, default_name=path.stem)
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any], default_name: str = "sweep") -> "SweepConfig":
+        raw = dict(raw)
+        top = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - top)
+        if unknown:
+            raise ConfigError(f"unknown top-level key(s) {', '.join(unknown)}; "
+                              f"allowed: {', '.join(sorted(top))}")
+        data = _sub(DataConfig, raw.pop("data", {}) or {}, "data")
+        study = _sub(StudyConfig, raw.pop("study", {}) or {}, "study")
+        for key in ("N", "beta", "seed", "modes"):
+            study = dataclasses.replace(study, **{key: tuple(_as_list(getattr(study, key)))})
+        cfg = cls(name=str(raw.pop("name", default_name)), data=data, study=study,
+                  **{k: dict(raw.get(k) or {}) for k in ("model", "train", "loss")},
+                  **({"profile": raw["profile"]} if "profile" in raw else {}))
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Raise `ConfigError` on anything that would fail later in a job."""
+        s, d = self.study, self.data
+        if d.kind != "synthetic":
+            raise ConfigError(f"data.kind={d.kind!r}; allowed: synthetic")
+        for key in ("n_pool", "n_test"):
+            if getattr(d, key) < 1:
+                raise ConfigError(f"data.{key}={getattr(d, key)} must be ≥ 1")
+        bad_modes = [m for m in s.modes if m not in MODES or m == "random"]
+        if bad_modes:
+            raise ConfigError(f"study.modes has {bad_modes}; allowed: predicted, oracle "
+                              "(random is study.random_baseline)")
+        for b in s.beta:
+            if not 0.0 <= float(b) <= 1.0:
+                raise ConfigError(f"study.beta={b} is outside [0, 1]")
+        if not 1 <= s.n_init < d.n_pool:
+            raise ConfigError(f"study.n_init={s.n_init} must be in [1, data.n_pool={d.n_pool})")
+        for n in s.N:
+            if not s.n_init < n <= d.n_pool:
+                raise ConfigError(f"study.N={n} must be in (study.n_init={s.n_init}, "
+                                  f"data.n_pool={d.n_pool}]")
+        if not s.seed:
+            raise ConfigError("study.seed is empty")
+        if not s.modes and not s.random_baseline:
+            raise ConfigError("study has no modes and no random baseline: nothing to run")
+        n_classes = build("data", self.data.synthetic).n_classes
+        if self.model.get("n_classes", n_classes) != n_classes:
+            raise ConfigError(f"model.n_classes={self.model['n_classes']} differs from the "
+                              f"data's n_classes={n_classes}; leave it out, it is taken "
+                              "from the data")
+        for section in SECTIONS:
+            build(section, self.section(section))
+
+    def section(self, name: str) -> dict[str, Any]:
+        """The mapping a `basis` config of ``name`` is built from."""
+        if name == "data":
+            return dict(self.data.synthetic)
+        if name == "model":   # the model predicts the data's classes
+            return {**self.model, "n_classes": build("data", self.data.synthetic).n_classes}
+        return dict(getattr(self, name))
+
+    def arms(self) -> list[dict[str, Any]]:
+        """The selection arms of the grid: one per (mode, β), plus random."""
+        arms = [{"mode": m, "beta": float(b)} for m in self.study.modes for b in self.study.beta]
+        if self.study.random_baseline:
+            arms.insert(0, {"mode": "random", "beta": None})
+        return arms
+
+    def n_trials(self) -> int:
+        return len(self.arms()) * len(self.study.N) * len(self.study.seed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes results (not the profile)."""
+        d = self.to_dict()
+        d.pop("profile")
+        return digest(d)
+
+    def flat(self) -> dict[str, Any]:
+        """``section.key`` → value for the method's settings (MLflow params)."""
+        out: dict[str, Any] = {"data.n_pool": self.data.n_pool, "data.n_test": self.data.n_test,
+                               "data.data_seed": self.data.data_seed}
+        for section in SECTIONS:
+            for k, v in dataclasses.asdict(build(section, self.section(section))).items():
+                out[f"{section}.{k}"] = v
+        return out
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """One cell of the grid."""
+
+    N: int
+    beta: float | None
+    seed: int
+    mode: str
+    n_init: int
+
+    @property
+    def key(self) -> str:
+        beta = "none" if self.beta is None else f"{self.beta:.2f}"
+        return f"{self.mode}-b{beta}-N{self.N}-s{self.seed}"
+
+    def to_flat_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def digest(obj: Any) -> str:
+    """Short stable hash of a JSON-able object (content address of a stage)."""
+    text = json.dumps(obj, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _as_list(v: Any) -> list[Any]:
+    return list(v) if isinstance(v, (list, tuple)) else [v]
+
+
+def _sub(cls: type, values: Mapping[str, Any], section: str) -> Any:
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{section}: expected a mapping, got {type(values).__name__}")
+    allowed = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - allowed)
+    if unknown:
+        raise ConfigError(f"{section}: unknown key(s) {', '.join(unknown)}; "
+                          f"allowed: {', '.join(sorted(allowed))}")
+    return cls(**values)

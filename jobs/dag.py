@@ -1,0 +1,125 @@
+"""Content-addressed stages: each lives in ``SWEEP/stages/<kind>-<hash>/`` and is done
+when its ``DONE`` marker exists. A stage several trials need is computed once: the
+first trial takes its lock and submits it, the others wait on the lock and then find
+``DONE``. A re-run sweep skips every stage that is done.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from jobs.config import digest
+
+log = logging.getLogger(__name__)
+DONE = "DONE"
+METRICS = "metrics.jsonl"
+RESULT = "result.json"
+
+
+class StageFailed(RuntimeError):
+    """A stage's job failed; carries where its log is."""
+
+    def __init__(self, stage: str, message: str, log_path: str | None,
+                 job_ids: list[str]) -> None:
+        super().__init__(f"stage {stage} failed: {message}")
+        self.stage = stage
+        self.log_path = log_path
+        self.job_ids = job_ids
+
+
+@dataclass
+class StageResult:
+    name: str
+    dir: Path
+    result: dict[str, Any]
+    job_ids: list[str] = field(default_factory=list)
+    computed: bool = False      # False when it was found done (reused)
+
+
+def stage_dir(sweep_dir: Path, kind: str, cfg: dict[str, Any]) -> Path:
+    return Path(sweep_dir) / "stages" / f"{kind}-{digest(cfg)}"
+
+
+def read_metrics(path: Path, offset: int) -> tuple[list[dict[str, Any]], int]:
+    """New complete lines of a metrics file since ``offset`` → (records, new offset)."""
+    if not path.exists():
+        return [], offset
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        chunk = fh.read()
+    end = chunk.rfind(b"\n") + 1
+    lines = chunk[:end].decode().splitlines()
+    return [json.loads(line) for line in lines if line.strip()], offset + end
+
+
+def _job_ids(d: Path) -> list[str]:
+    f = d / "job_ids"
+    return f.read_text().split() if f.exists() else []
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def ensure(sweep_dir: Path, kind: str, cfg: dict[str, Any], job: Callable[[Path], Any],
+           executor: Callable[[Path], Any],
+           on_metrics: Callable[[dict[str, Any]], None] | None = None,
+           poll_s: float = 1.0) -> StageResult:
+    """Make sure the stage of ``cfg`` is done; submit ``job(stage_dir)`` if it is not.
+
+    Args:
+        job: builds the submitit job object for the stage folder.
+        executor: builds a submitit executor writing its logs in the given folder.
+        on_metrics: called with every per-epoch record the job appends while it runs.
+    Raises:
+        StageFailed: the job failed; the message and log path say why.
+    """
+    d = stage_dir(sweep_dir, kind, cfg)
+    if (d / DONE).exists():
+        return StageResult(d.name, d, json.loads((d / RESULT).read_text()), _job_ids(d))
+    with _locked(d.parent / f"{d.name}.lock"):
+        if (d / DONE).exists():     # another trial computed it while we waited
+            return StageResult(d.name, d, json.loads((d / RESULT).read_text()), _job_ids(d))
+        d.mkdir(parents=True, exist_ok=True)
+        (d / METRICS).unlink(missing_ok=True)   # a new attempt streams from its first epoch
+        (d / "config.json").write_text(json.dumps(cfg, indent=1, sort_keys=True, default=str))
+        # a fresh submitit folder per attempt: Slurm job ids restart when its state is wiped
+        folder = Path(sweep_dir) / "submitit" / d.name / time.strftime("%Y%m%d-%H%M%S")
+        handle = executor(folder).submit(job(d))
+        with open(d / "job_ids", "a") as fh:
+            fh.write(f"{handle.job_id}\n")
+        log.info("stage %s submitted as job %s (logs: %s)", d.name, handle.job_id, folder)
+        offset = 0
+        while True:
+            finished = handle.done()
+            records, offset = read_metrics(d / METRICS, offset)
+            for rec in records:
+                if on_metrics is not None:
+                    on_metrics(rec)
+            if finished:
+                break
+            time.sleep(poll_s)
+        ids = _job_ids(d)
+        try:
+            handle.results()   # every task's; `result()` refuses multi-task jobs
+        except Exception as err:  # submitit raises FailedJobError / UncompletedJobError
+            msg = str(err).strip().splitlines()
+            short = next((m for m in reversed(msg) if m.strip()), type(err).__name__)
+            raise StageFailed(d.name, short[:500], str(handle.paths.stderr), ids) from err
+        if not (d / DONE).exists():
+            raise StageFailed(d.name, "job ended without writing DONE",
+                              str(handle.paths.stderr), ids)
+        return StageResult(d.name, d, json.loads((d / RESULT).read_text()), ids, computed=True)

@@ -1,0 +1,193 @@
+"""The stages of a trial as submitit jobs: small classes with ``__call__`` and
+``checkpoint()``. Every task of a job runs ``__call__``; DDP joins them; rank 0 writes.
+
+A stage writes into its content-addressed folder: ``metrics.jsonl`` (one line per
+epoch, streamed to Tune and MLflow by the trial), ``ckpt.pt`` (every epoch, atomic;
+a requeued job resumes from it), its outputs, ``result.json``, and ``DONE`` last.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from hpc import atomic, distributed
+from jobs.config import build
+
+log = logging.getLogger(__name__)
+
+
+class MetricsFile:
+    """Training hook: append each epoch's metrics as a JSON line (rank 0 only)."""
+
+    def __init__(self, path: Path, stage: str) -> None:
+        self.path, self.stage = path, stage
+
+    def before_train(self, state: Any) -> None: ...
+
+    def after_epoch(self, state: Any, metrics: dict[str, float]) -> None:
+        rec = {"stage": self.stage, "epoch": int(state.epoch), **metrics, "time": time.time()}
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(rec) + "\n")
+
+    def after_train(self, state: Any) -> None: ...
+
+
+class Checkpointer:
+    """Training hook: save the whole training state atomically after every epoch."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def before_train(self, state: Any) -> None: ...
+
+    def after_epoch(self, state: Any, metrics: dict[str, float]) -> None:
+        atomic.torch_save(state.state_dict(), self.path)
+
+    def after_train(self, state: Any) -> None: ...
+
+
+class StageJob:
+    """Common frame of a stage: join the process group, run, write ``DONE``."""
+
+    kind = "stage"
+
+    def __init__(self, spec: dict[str, Any], stage_dir: str | Path) -> None:
+        self.spec = spec
+        self.stage_dir = Path(stage_dir)
+
+    def __call__(self) -> dict[str, Any]:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+        env = distributed.init()
+        logging.getLogger().addFilter(distributed.RankFilter(env.rank))
+        import torch
+
+        torch.set_num_threads(max(1, int(self.spec.get("threads", 1))))
+        try:
+            result = self.run(env)
+            if env.is_rank0:
+                atomic.write_text(self.stage_dir / "result.json", json.dumps(result, indent=1))
+                atomic.write_text(self.stage_dir / "DONE", time.strftime("%Y-%m-%dT%H:%M:%S\n"))
+            distributed.barrier()
+            return result
+        finally:
+            distributed.shutdown()
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        """On preemption or timeout: resubmit the same stage; it resumes from ``ckpt.pt``."""
+        return submitit.helpers.DelayedSubmission(type(self)(self.spec, self.stage_dir))
+
+    def run(self, env: distributed.DistEnv) -> dict[str, Any]:
+        raise NotImplementedError
+
+    # -- shared pieces -------------------------------------------------------------
+    def datasets(self) -> tuple[Any, Any]:
+        from basis.data.splits import synthetic_splits
+
+        d = self.spec["data"]
+        return synthetic_splits(build("data", d["synthetic"]), d["data_seed"], d["n_pool"],
+                                d["n_test"])
+
+    def train(self, env: distributed.DistEnv, ids: list[int], pool: Any) -> Any:
+        """Train a fresh IoU-W-RSIS on the pool images ``ids`` (resuming if a
+        checkpoint of this stage exists) → the trained model, unwrapped."""
+        import torch
+
+        from basis.models.rsis import RSIS
+        from basis.train import train
+
+        torch.manual_seed(int(self.spec["seed"]))
+        model = RSIS(build("model", self.spec["model"]))
+        ckpt = self.stage_dir / "ckpt.pt"
+        state = torch.load(ckpt, weights_only=False) if ckpt.exists() else None
+        if state is not None:
+            log.info("resuming %s from %s", self.stage_dir.name, ckpt)
+        hooks = [MetricsFile(self.stage_dir / "metrics.jsonl", self.kind),
+                 Checkpointer(ckpt)] if env.is_rank0 else []
+        tcfg = build("train", {**self.spec["train"], "seed": int(self.spec["seed"])})
+        result = train(model, pool.subset(sorted(ids)), tcfg, build("loss", self.spec["loss"]),
+                       hooks=hooks, state=state, progress=False)
+        return result.model
+
+    def evaluate(self, model: Any, test: Any) -> dict[str, float]:
+        """AP@0.5 on the test split and the MAE of the image IoU score there."""
+        from basis.infer import predict
+        from basis.metrics.ap import evaluate_ap
+        from basis.metrics.iou import image_score_mae
+
+        preds = predict(model, test, loss_cfg=build("loss", self.spec["loss"]))
+        ap = evaluate_ap(test, preds, n_classes=model.cfg.n_classes)
+        mae = image_score_mae([p.image_score for p in preds],
+                              [p.image_iou_true or 0.0 for p in preds])
+        return {"ap50": float(ap["ap50"]), "mae": float(mae)}
+
+
+class InitStage(StageJob):
+    """Per seed: train on ``n_init`` random pool images, then score the whole pool."""
+
+    kind = "init"
+
+    def run(self, env: distributed.DistEnv) -> dict[str, Any]:
+        import numpy as np
+
+        from basis.infer import predict
+
+        pool, test = self.datasets()
+        rng = np.random.default_rng(int(self.spec["seed"]))
+        init_ids = sorted(int(i) for i in rng.choice(pool.ids, self.spec["n_init"],
+                                                      replace=False))
+        model = self.train(env, init_ids, pool)
+        if not env.is_rank0:
+            return {}
+        preds = predict(model, pool, loss_cfg=build("loss", self.spec["loss"]))
+        in_init = set(init_ids)
+        rows = [{
+            "image_id": p.image_id, "seed": int(self.spec["seed"]),
+            "score_pred": p.image_score, "iou_true": p.image_iou_true,
+            "n_objects": pool[i].n_objects, "mean_object_area": pool[i].mean_object_area,
+            "in_init": p.image_id in in_init,
+        } for i, p in enumerate(preds)]
+        _write_parquet(self.stage_dir / "image_scores.parquet", "image_scores", rows)
+        atomic.torch_save(model.state_dict(), self.stage_dir / "model.pt")
+        return {"init_ids": init_ids, **self.evaluate(model, test)}
+
+
+class AnnotateStage(StageJob):
+    """Per (N, β, mode, seed): select N − n_init images, train on init ∪ selected, evaluate."""
+
+    kind = "annotate"
+
+    def run(self, env: distributed.DistEnv) -> dict[str, Any]:
+        import numpy as np
+        import pyarrow.parquet as pq
+
+        from basis.selection import select
+
+        pool, test = self.datasets()
+        scores = pq.read_table(Path(self.spec["init_dir"]) / "image_scores.parquet").to_pandas()
+        candidates = scores[~scores["in_init"]]
+        init_ids = [int(i) for i in scores.loc[scores["in_init"], "image_id"]]
+        mode, n_new = self.spec["mode"], int(self.spec["N"]) - len(init_ids)
+        column = {"predicted": "score_pred", "oracle": "iou_true", "random": "score_pred"}[mode]
+        by_id = dict(zip(candidates["image_id"].astype(int), candidates[column].astype(float)))
+        rng = np.random.default_rng([int(self.spec["seed"]), int(self.spec["N"])])
+        chosen = select("random" if mode == "random" else "closest", by_id, n_new,
+                        self.spec["beta"], rng)
+        model = self.train(env, init_ids + list(chosen), pool)
+        if not env.is_rank0:
+            return {}
+        return {"selected": [int(i) for i in chosen], "n_train": len(init_ids) + len(chosen),
+                **self.evaluate(model, test)}
+
+
+def _write_parquet(path: Path, table: str, rows: list[dict[str, Any]]) -> None:
+    import pyarrow.parquet as pq
+
+    from analysis.schema import to_table
+
+    with atomic.atomic_path(path) as tmp:
+        pq.write_table(to_table(table, rows), tmp)

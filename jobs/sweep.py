@@ -1,0 +1,154 @@
+"""The sweep driver: validate, prepare the records, let Ray Tune walk the grid.
+
+Ray Tune holds the grid (N × seed × arm, an arm being a selection mode and β, or the
+random baseline); each trial is `jobs.trial.run_trial`. The driver creates the
+MLflow store, experiment and parent run before any trial starts. A sweep folder is
+bound to its config: running another config into it is refused unless ``force``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hpc.profiles import ClusterProfile
+from jobs import tracking
+from jobs.config import ConfigError, SweepConfig
+from jobs.trial import SweepContext, run_trial
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SweepPaths:
+    root: Path
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results"
+
+    @property
+    def meta(self) -> Path:
+        return self.root / "sweep.json"
+
+    @property
+    def mlflow_uri(self) -> str:
+        return tracking.default_uri(self.root)
+
+
+def prepare(cfg: SweepConfig, sweep_dir: Path, force: bool = False) -> dict[str, Any]:
+    """Create or reopen the sweep folder; refuse one that belongs to another config."""
+    paths = SweepPaths(sweep_dir)
+    meta: dict[str, Any] = {}
+    if paths.meta.exists():
+        meta = json.loads(paths.meta.read_text())
+        if meta.get("fingerprint") != cfg.fingerprint() and not force:
+            raise ConfigError(
+                f"{sweep_dir} holds sweep {meta.get('name')!r} of another config "
+                f"(fingerprint {meta.get('fingerprint')} ≠ {cfg.fingerprint()}); use a new "
+                "--sweep-dir, or --force to run this config there anyway")
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    (sweep_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    exp_id, parent = tracking.open_sweep(
+        paths.mlflow_uri, f"basis/{cfg.name}", {**cfg.flat(), "n_trials": cfg.n_trials()},
+        parent_run_id=meta.get("parent_run_id"), artifact_root=sweep_dir / "mlartifacts")
+    meta.update(name=cfg.name, fingerprint=cfg.fingerprint(), experiment_id=exp_id,
+                parent_run_id=parent, mlflow_uri=paths.mlflow_uri,
+                command=" ".join(shlex.quote(a) for a in sys.argv),
+                started=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    paths.meta.write_text(json.dumps(meta, indent=1))
+    return meta
+
+
+def _ray_init(num_cpus: int) -> None:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.WARNING, _node_ip_address="127.0.0.1")
+
+
+def _trainable(config: dict[str, Any], ctx: SweepContext) -> None:
+    run_trial(config, ctx)
+
+
+def _progress(total: int) -> Any:
+    """A Tune callback drawing one progress bar over the sweep's trials."""
+    from ray.tune import Callback
+    from tqdm import tqdm
+
+    class Progress(Callback):
+        def __init__(self) -> None:
+            self.bar = tqdm(total=total, desc="trials", unit="trial", dynamic_ncols=True)
+            self.failed = 0
+
+        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                            **info: Any) -> None:
+            if "epoch" in result and "stage" in result:
+                self.bar.set_postfix_str(f"{_key(trial.config)}: {result['stage']} "
+                                         f"epoch {result['epoch']}", refresh=True)
+            if result.get("status") == "FAILED":
+                self.failed += 1
+            if "status" in result:
+                ap = result.get("ap50")
+                msg = f"{_key(trial.config)} {result['status']}"
+                if ap is not None and ap == ap:
+                    msg += f" AP50={100 * ap:.1f}"
+                self.bar.write(msg)
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any,
+                              **info: Any) -> None:
+            self.bar.update(1)
+
+        def on_experiment_end(self, trials: list, **info: Any) -> None:
+            self.bar.close()
+
+    return Progress()
+
+
+def _key(config: dict[str, Any]) -> str:
+    arm = config.get("arm", {})
+    beta = "" if arm.get("beta") is None else f" β={arm['beta']}"
+    return f"[{arm.get('mode')}{beta} N={config.get('N')} seed={config.get('seed')}]"
+
+
+def run(cfg: SweepConfig, profile: ClusterProfile, sweep_dir: Path, force: bool = False,
+        verbose: int = 1) -> dict[str, Any]:
+    """Run (or resume) every trial of ``cfg``; return the sweep's meta record."""
+    sweep_dir = sweep_dir.resolve()
+    meta = prepare(cfg, sweep_dir, force=force)
+    ctx = SweepContext(str(sweep_dir), cfg.to_dict(), profile, meta["mlflow_uri"],
+                       meta["experiment_id"], meta["parent_run_id"])
+    _ray_init(num_cpus=profile.max_concurrent_trials)
+    from ray import tune
+
+    space = {"N": tune.grid_search(list(cfg.study.N)),
+             "seed": tune.grid_search(list(cfg.study.seed)),
+             "arm": tune.grid_search(cfg.arms())}
+    tuner = tune.Tuner(
+        tune.with_resources(tune.with_parameters(_trainable, ctx=ctx), {"cpu": 1}),
+        param_space=space,
+        tune_config=tune.TuneConfig(max_concurrent_trials=profile.max_concurrent_trials),
+        run_config=tune.RunConfig(name="tune", storage_path=str(sweep_dir / "ray"),
+                                  verbose=verbose, callbacks=[_progress(cfg.n_trials())]),
+    )
+    status = "FINISHED"
+    try:
+        tuner.fit()
+    except BaseException:
+        status = "KILLED"
+        raise
+    finally:
+        tracking.finish(meta["mlflow_uri"], meta["parent_run_id"], status)
+    return meta

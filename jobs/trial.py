@@ -1,0 +1,175 @@
+"""A Ray Tune trial: a thin adapter from a grid point to the stages it needs.
+
+config dict → `TrialConfig` → make sure the shared ``init`` stage exists (or wait for
+the trial computing it) → submit the ``annotate`` stage → stream its per-epoch
+metrics into `tune.report` and MLflow → write the trial's Parquet row. Ray never
+trains: the stages run as submitit jobs on the profile's executor.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from hpc.profiles import ClusterProfile, make_executor
+from jobs import dag, records
+from jobs.config import SweepConfig, TrialConfig
+from jobs.stages import AnnotateStage, InitStage
+from jobs.tracking import TrialRun
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SweepContext:
+    """What every trial of a sweep shares (passed once through `tune.with_parameters`)."""
+
+    sweep_dir: str
+    config: dict[str, Any]           # SweepConfig.to_dict()
+    profile: ClusterProfile
+    mlflow_uri: str
+    experiment_id: str
+    parent_run_id: str
+
+
+def trial_from(config: dict[str, Any], n_init: int) -> TrialConfig:
+    arm = config["arm"]
+    beta = None if arm.get("beta") is None else float(arm["beta"])
+    return TrialConfig(N=int(config["N"]), beta=beta, seed=int(config["seed"]),
+                       mode=str(arm["mode"]), n_init=n_init)
+
+
+def stage_specs(cfg: SweepConfig, trial: TrialConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The configs that address the init and annotate stages of ``trial``.
+
+    Random selection does not depend on β, and neither stage on the profile, so
+    equal specs — and the work behind them — are shared between trials.
+    """
+    base = {"data": cfg.to_dict()["data"], "model": cfg.section("model"),
+            "train": dict(cfg.train),
+            "loss": dict(cfg.loss), "seed": trial.seed, "n_init": trial.n_init}
+    init = dict(base)
+    annotate = {**base, "N": trial.N, "mode": trial.mode,
+                "beta": None if trial.mode == "random" else trial.beta}
+    return init, annotate
+
+
+def run_trial(config: dict[str, Any], ctx: SweepContext,
+              report: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Run one grid point to its end; never raises for a failed stage (it is recorded)."""
+    if report is None:
+        from ray import tune
+
+        report = tune.report
+    cfg = SweepConfig.from_dict(ctx.config)
+    trial = trial_from(config, cfg.study.n_init)
+    sweep_dir = Path(ctx.sweep_dir)
+    done = _completed_row(sweep_dir, trial.key)
+    if done is not None:
+        report({**done, "reused": True})
+        return done
+
+    t0 = time.time()
+    tags = {"N": trial.N, "beta": trial.beta, "seed": trial.seed, "mode": trial.mode,
+            "trial": trial.key, "tune_trial_id": _tune_trial_id()}
+    run = TrialRun(ctx.mlflow_uri, ctx.experiment_id, ctx.parent_run_id, trial.key,
+                   {**trial.to_flat_dict(), **cfg.flat(), "profile": ctx.profile.name}, tags)
+
+    def on_metrics(rec: dict[str, Any]) -> None:
+        stage, epoch = rec.get("stage", "stage"), int(rec.get("epoch", 0))
+        values = {f"{stage}/{k}": float(v) for k, v in rec.items()
+                  if k not in ("stage", "epoch", "time") and isinstance(v, (int, float))}
+        run.metrics(values, step=epoch)
+        report({**values, "stage": stage, "epoch": epoch})
+
+    def executor(folder: Path) -> Any:
+        return make_executor(ctx.profile, folder)
+
+    init_spec, ann_spec = stage_specs(cfg, trial)
+    job_ids: list[str] = []
+    row: dict[str, Any] = {**trial.to_flat_dict(), "trial": trial.key,
+                           "mlflow_run_id": run.run_id}
+    stages: list[dag.StageResult] = []
+    try:
+        budget_s = _budget(cfg, trial)
+        init = dag.ensure(sweep_dir, "init", init_spec, lambda d: InitStage(init_spec, d),
+                          executor, on_metrics)
+        stages.append(init)
+        job_ids += init.job_ids
+        ann_spec["init_dir"] = str(init.dir)
+        ann = dag.ensure(sweep_dir, "annotate", ann_spec,
+                         lambda d: AnnotateStage(ann_spec, d), executor, on_metrics)
+        stages.append(ann)
+        job_ids += ann.job_ids
+        run.tag("slurm_job_id", ",".join(job_ids))
+        row.update(status="COMPLETED", ap50=ann.result["ap50"], mae=ann.result["mae"],
+                   budget_s=budget_s, budget_days=budget_s / 86400.0,
+                   log_path=str(ann.dir))
+        run.metrics({"ap50": row["ap50"], "mae": row["mae"], "init_ap50": init.result["ap50"],
+                     "budget_days": row["budget_days"]})
+        records.write(sweep_dir, "selections", trial.key, [
+            {"trial": trial.key, "image_id": i, "rank": r, "mode": trial.mode}
+            for r, i in enumerate(ann.result["selected"])])
+        status = "FINISHED"
+    except dag.StageFailed as err:
+        job_ids += [j for j in err.job_ids if j not in job_ids]
+        row.update(status="FAILED", error=str(err), log_path=err.log_path)
+        status = "FAILED"
+    except Exception as err:  # a bug must not stop the sweep: record it with its trace
+        row.update(status="FAILED", error=f"{type(err).__name__}: {err}",
+                   log_path=traceback.format_exc()[-2000:])
+        status = "FAILED"
+    row.update(slurm_job_ids=",".join(job_ids), wall_s=time.time() - t0)
+    if job_ids:
+        run.tag("slurm_job_id", ",".join(job_ids))
+    _write_epochs(sweep_dir, trial, stages)
+    records.write(sweep_dir, "trials", trial.key, [row])
+    run.end(status)
+    final = {k: v for k, v in row.items() if k != "log_path"}
+    report(final)
+    return final
+
+
+def _budget(cfg: SweepConfig, trial: TrialConfig) -> float:
+    """Annotation cost: N masks, plus IL+C labels for the rest of the pool whenever the
+    selection needs the pool scored (every mode but random)."""
+    from basis.budget import annotation_budget
+
+    strategy = "random" if trial.mode == "random" else "closest"
+    return annotation_budget(trial.N, selection=strategy, pool_size=cfg.data.n_pool).seconds
+
+
+def _write_epochs(sweep_dir: Path, trial: TrialConfig, stages: list[dag.StageResult]) -> None:
+    rows = []
+    for st in stages:
+        recs, _ = dag.read_metrics(st.dir / dag.METRICS, 0)
+        for rec in recs:
+            for k, v in rec.items():
+                if k not in ("stage", "epoch", "time") and isinstance(v, (int, float)):
+                    rows.append({"trial": trial.key, "stage": rec.get("stage", st.name),
+                                 "epoch": int(rec.get("epoch", 0)), "metric": k,
+                                 "value": float(v), "mode": trial.mode})
+    if rows:
+        records.write(sweep_dir, "epochs", trial.key, rows)
+
+
+def _completed_row(sweep_dir: Path, key: str) -> dict[str, Any] | None:
+    path = records.exists(sweep_dir, "trials", key)
+    if path is None:
+        return None
+    import pyarrow.parquet as pq
+
+    row = pq.read_table(path).to_pylist()[0]
+    return row if row.get("status") == "COMPLETED" else None
+
+
+def _tune_trial_id() -> str:
+    try:
+        from ray import tune
+
+        return str(tune.get_context().get_trial_id())
+    except Exception:
+        return ""

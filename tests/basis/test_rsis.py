@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+
+from basis.models import RSIS, ConvLSTMCell, ModelConfig
+
+SMALL = dict(hidden=32, n_classes=5)
+
+
+@pytest.mark.parametrize("steps", [1, 3, 6])
+def test_wrsis_output_shapes(steps):
+    torch.manual_seed(0)
+    model = RSIS(ModelConfig(**SMALL)).eval()
+    images = torch.rand(2, 3, 32, 32)
+    class_seq = torch.randint(0, 6, (2, steps))
+    out = model(images, class_seq)
+    assert out.mask_logits.shape == (2, steps, 32, 32)
+    assert out.class_logits.shape == (2, steps, 6)
+    assert out.stop_logits.shape == (2, steps)
+    assert out.iou.shape == (2, steps)
+    assert ((out.iou >= 0) & (out.iou <= 1)).all()
+
+
+def test_plain_rsis_runs_max_steps_on_odd_sizes():
+    model = RSIS(ModelConfig(weak=False, iou_head=False, max_steps=3, **SMALL)).eval()
+    out = model(torch.rand(1, 3, 40, 56))
+    assert out.mask_logits.shape == (1, 3, 40, 56)
+    assert torch.equal(out.iou, torch.zeros(1, 3))
+    with pytest.raises(ValueError):
+        model(torch.rand(1, 3, 32, 32), torch.ones(1, 2, dtype=torch.long))
+    with pytest.raises(ValueError):
+        RSIS(ModelConfig(**SMALL))(torch.rand(1, 3, 32, 32))
+
+
+def test_class_input_changes_the_mask():
+    torch.manual_seed(0)
+    model = RSIS(ModelConfig(**SMALL)).eval()
+    images = torch.rand(1, 3, 32, 32)
+    a = model(images, torch.tensor([[1]])).mask_logits
+    b = model(images, torch.tensor([[2]])).mask_logits
+    assert not torch.allclose(a, b)
+
+
+def test_hidden_state_carries_across_steps():
+    torch.manual_seed(0)
+    model = RSIS(ModelConfig(**SMALL)).eval()
+    images = torch.rand(1, 3, 32, 32)
+    out = model(images, torch.tensor([[3, 3]]))
+    assert not torch.allclose(out.mask_logits[:, 0], out.mask_logits[:, 1])
+
+
+def test_convlstm_cell_shapes():
+    cell = ConvLSTMCell(4, 6)
+    h, c = cell(torch.rand(2, 4, 5, 7), None)
+    assert h.shape == c.shape == (2, 6, 5, 7)
+    h2, _ = cell(torch.rand(2, 4, 5, 7), (h, c))
+    assert h2.shape == h.shape
+
+
+def test_encoder_weights_from_local_file(tmp_path):
+    path = tmp_path / "r18.pth"
+    ref = torchvision.models.resnet18(weights=None)
+    torch.save(ref.state_dict(), path)
+    model = RSIS(ModelConfig(encoder_weights=str(path), **SMALL))
+    assert torch.equal(model.encoder.conv1.weight, ref.conv1.weight)
+
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        RSIS(ModelConfig(encoder_weights=str(tmp_path / "missing.pth"), **SMALL))
+    bad = tmp_path / "wrong.pth"
+    sd = ref.state_dict()
+    sd["conv1.weight"] = torch.zeros(64, 3, 3, 3)  # a different network's stem
+    torch.save(sd, bad)
+    with pytest.raises(ValueError, match="not a torchvision resnet18"):
+        RSIS(ModelConfig(encoder_weights=str(bad), **SMALL))
+
+
+def test_unknown_backbone_and_bad_hidden():
+    with pytest.raises(ValueError):
+        RSIS(ModelConfig(backbone="vgg16"))
+    with pytest.raises(ValueError):
+        RSIS(ModelConfig(hidden=40))
+
+
+def test_seeded_init_is_reproducible_and_leaves_global_rng():
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    a = RSIS(ModelConfig(**SMALL), seed=7)
+    assert torch.equal(torch.get_rng_state(), state)
+    b = RSIS(ModelConfig(**SMALL), seed=7)
+    c = RSIS(ModelConfig(**SMALL), seed=8)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert not torch.equal(a.fc_class.weight, c.fc_class.weight)
