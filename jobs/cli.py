@@ -13,6 +13,7 @@ examples:
   basis sweep configs/demo.yaml --profile my-cluster # slurm/profiles/my-cluster.yaml
   basis tables runs/demo                             # Table-4-shaped AP@0.5 table
   basis tables runs/demo --mode oracle               # Table 3 shape
+  basis status runs/demo                             # per-trial state and Slurm ids
   basis profiles                                     # list the cluster profiles
 
 A sweep folder is resumable: run the same command again and finished stages and
@@ -53,6 +54,16 @@ def _tables(args: argparse.Namespace) -> int:
     return 0
 
 
+def _status(args: argparse.Namespace) -> int:
+    from jobs.status import render
+
+    sweep = Path(args.sweep)
+    if not (sweep / "config.yaml").exists():
+        raise ValueError(f"{sweep} is not a sweep folder (no config.yaml)")
+    print(render(sweep))
+    return 0
+
+
 def _profiles(args: argparse.Namespace) -> int:
     from hpc.profiles import PROFILES_DIR, ClusterProfile
 
@@ -87,6 +98,10 @@ def parser() -> argparse.ArgumentParser:
     tp.add_argument("--mode", default="predicted", choices=("predicted", "oracle"),
                     help="predicted → Table 4 shape, oracle → Table 3 shape")
     tp.set_defaults(func=_tables)
+
+    st = sub.add_parser("status", help="per-trial state of a sweep (done/failed/running/pending)")
+    st.add_argument("sweep", help="sweep folder")
+    st.set_defaults(func=_status)
 
     pp = sub.add_parser("profiles", help="list the cluster profiles in slurm/profiles/")
     pp.set_defaults(func=_profiles)

@@ -138,8 +138,8 @@ class InitStage(StageJob):
 
         pool, test = self.datasets()
         rng = np.random.default_rng(int(self.spec["seed"]))
-        init_ids = sorted(int(i) for i in rng.choice(pool.ids, self.spec["n_init"],
-                                                      replace=False))
+        drawn = rng.choice(pool.ids, self.spec["n_init"], replace=False)
+        init_ids = sorted(int(i) for i in drawn)
         model = self.train(env, init_ids, pool)
         if not env.is_rank0:
             return {}
@@ -157,31 +157,20 @@ class InitStage(StageJob):
 
 
 class AnnotateStage(StageJob):
-    """Per (N, β, mode, seed): select N − n_init images, train on init ∪ selected, evaluate."""
+    """Train a fresh annotation network on ``train_ids`` (initial ∪ selected), evaluate.
+
+    Addressed by the ids, not by (N, β, mode): trials whose selections coincide share it.
+    """
 
     kind = "annotate"
 
     def run(self, env: distributed.DistEnv) -> dict[str, Any]:
-        import numpy as np
-        import pyarrow.parquet as pq
-
-        from basis.selection import select
-
         pool, test = self.datasets()
-        scores = pq.read_table(Path(self.spec["init_dir"]) / "image_scores.parquet").to_pandas()
-        candidates = scores[~scores["in_init"]]
-        init_ids = [int(i) for i in scores.loc[scores["in_init"], "image_id"]]
-        mode, n_new = self.spec["mode"], int(self.spec["N"]) - len(init_ids)
-        column = {"predicted": "score_pred", "oracle": "iou_true", "random": "score_pred"}[mode]
-        by_id = dict(zip(candidates["image_id"].astype(int), candidates[column].astype(float)))
-        rng = np.random.default_rng([int(self.spec["seed"]), int(self.spec["N"])])
-        chosen = select("random" if mode == "random" else "closest", by_id, n_new,
-                        self.spec["beta"], rng)
-        model = self.train(env, init_ids + list(chosen), pool)
+        ids = [int(i) for i in self.spec["train_ids"]]
+        model = self.train(env, ids, pool)
         if not env.is_rank0:
             return {}
-        return {"selected": [int(i) for i in chosen], "n_train": len(init_ids) + len(chosen),
-                **self.evaluate(model, test)}
+        return {"n_train": len(ids), **self.evaluate(model, test)}
 
 
 def _write_parquet(path: Path, table: str, rows: list[dict[str, Any]]) -> None:

@@ -42,19 +42,36 @@ def trial_from(config: dict[str, Any], n_init: int) -> TrialConfig:
                        mode=str(arm["mode"]), n_init=n_init)
 
 
-def stage_specs(cfg: SweepConfig, trial: TrialConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The configs that address the init and annotate stages of ``trial``.
+def init_spec(cfg: SweepConfig, trial: TrialConfig) -> dict[str, Any]:
+    """The config that addresses the trial's init stage: shared by every N, β and mode
+    of a seed (and independent of the profile)."""
+    return {"data": cfg.to_dict()["data"], "model": cfg.section("model"),
+            "train": dict(cfg.train), "loss": dict(cfg.loss), "seed": trial.seed,
+            "n_init": trial.n_init}
 
-    Random selection does not depend on β, and neither stage on the profile, so
-    equal specs — and the work behind them — are shared between trials.
+
+def select_images(init_dir: Path, trial: TrialConfig) -> tuple[list[int], list[int]]:
+    """The select stage (pure and cheap, so it runs in the trial itself): the N − n_init
+    images of the scored pool chosen by the trial's mode → (initial ids, selected ids).
+
+    ``predicted`` ranks by the network's image score, ``oracle`` by the true image IoU
+    (Sec. 6.2.1), both closest to β; ``random`` draws from a generator seeded by
+    (seed, N), so it is the same for every β.
     """
-    base = {"data": cfg.to_dict()["data"], "model": cfg.section("model"),
-            "train": dict(cfg.train),
-            "loss": dict(cfg.loss), "seed": trial.seed, "n_init": trial.n_init}
-    init = dict(base)
-    annotate = {**base, "N": trial.N, "mode": trial.mode,
-                "beta": None if trial.mode == "random" else trial.beta}
-    return init, annotate
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from basis.selection import select
+
+    scores = pq.read_table(init_dir / "image_scores.parquet").to_pandas()
+    init_ids = sorted(int(i) for i in scores.loc[scores["in_init"], "image_id"])
+    pool = scores[~scores["in_init"]]
+    column = "iou_true" if trial.mode == "oracle" else "score_pred"
+    by_id = dict(zip(pool["image_id"].astype(int), pool[column].astype(float)))
+    rng = np.random.default_rng([trial.seed, trial.N])
+    strategy = "random" if trial.mode == "random" else "closest"
+    chosen = select(strategy, by_id, trial.N - len(init_ids), trial.beta, rng)
+    return init_ids, [int(i) for i in chosen]
 
 
 def run_trial(config: dict[str, Any], ctx: SweepContext,
@@ -88,18 +105,22 @@ def run_trial(config: dict[str, Any], ctx: SweepContext,
     def executor(folder: Path) -> Any:
         return make_executor(ctx.profile, folder)
 
-    init_spec, ann_spec = stage_specs(cfg, trial)
+    i_spec = init_spec(cfg, trial)
     job_ids: list[str] = []
     row: dict[str, Any] = {**trial.to_flat_dict(), "trial": trial.key,
                            "mlflow_run_id": run.run_id}
     stages: list[dag.StageResult] = []
     try:
         budget_s = _budget(cfg, trial)
-        init = dag.ensure(sweep_dir, "init", init_spec, lambda d: InitStage(init_spec, d),
+        init = dag.ensure(sweep_dir, "init", i_spec, lambda d: InitStage(i_spec, d),
                           executor, on_metrics)
         stages.append(init)
         job_ids += init.job_ids
-        ann_spec["init_dir"] = str(init.dir)
+        init_ids, selected = select_images(init.dir, trial)
+        ann_spec = {**i_spec, "train_ids": sorted(init_ids + selected)}
+        records.write(sweep_dir, "selections", trial.key, [
+            {"trial": trial.key, "image_id": i, "rank": r, "mode": trial.mode}
+            for r, i in enumerate(selected)])
         ann = dag.ensure(sweep_dir, "annotate", ann_spec,
                          lambda d: AnnotateStage(ann_spec, d), executor, on_metrics)
         stages.append(ann)
@@ -110,9 +131,7 @@ def run_trial(config: dict[str, Any], ctx: SweepContext,
                    log_path=str(ann.dir))
         run.metrics({"ap50": row["ap50"], "mae": row["mae"], "init_ap50": init.result["ap50"],
                      "budget_days": row["budget_days"]})
-        records.write(sweep_dir, "selections", trial.key, [
-            {"trial": trial.key, "image_id": i, "rank": r, "mode": trial.mode}
-            for r, i in enumerate(ann.result["selected"])])
+        _log_artifacts(run, sweep_dir, trial, selected)
         status = "FINISHED"
     except dag.StageFailed as err:
         job_ids += [j for j in err.job_ids if j not in job_ids]
@@ -131,6 +150,19 @@ def run_trial(config: dict[str, Any], ctx: SweepContext,
     final = {k: v for k, v in row.items() if k != "log_path"}
     report(final)
     return final
+
+
+def _log_artifacts(run: TrialRun, sweep_dir: Path, trial: TrialConfig,
+                   selected: list[int]) -> None:
+    """config.yaml and the selected image ids, attached to the trial's MLflow run."""
+    import json
+    import tempfile
+
+    run.artifact(sweep_dir / "config.yaml")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "selected_ids.json"
+        path.write_text(json.dumps({"trial": trial.key, "selected": selected}))
+        run.artifact(path)
 
 
 def _budget(cfg: SweepConfig, trial: TrialConfig) -> float:

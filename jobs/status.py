@@ -1,0 +1,59 @@
+"""``basis status SWEEP``: where every trial of a sweep stands, from its files alone."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from jobs import dag
+from jobs.config import SweepConfig, TrialConfig
+from jobs.trial import init_spec
+
+
+def trial_states(sweep_dir: Path) -> list[dict[str, Any]]:
+    """One record per grid trial: key, state (done | failed | running | pending),
+    Slurm job ids and where to look."""
+    from analysis.io import ResultsError, read
+
+    cfg = SweepConfig.from_dict(yaml.safe_load((sweep_dir / "config.yaml").read_text()))
+    try:
+        rows = {r["trial"]: r for r in read(sweep_dir, "trials").to_dict("records")}
+    except ResultsError:
+        rows = {}
+    out = []
+    for seed in cfg.study.seed:
+        for n in cfg.study.N:
+            for arm in cfg.arms():
+                t = TrialConfig(N=n, beta=arm["beta"], seed=seed, mode=arm["mode"],
+                                n_init=cfg.study.n_init)
+                row = rows.get(t.key)
+                if row is not None:
+                    state = "done" if row["status"] == "COMPLETED" else "failed"
+                    out.append({"trial": t.key, "state": state,
+                                "jobs": _text(row.get("slurm_job_ids")),
+                                "where": _text(row.get("error")) or _text(row.get("log_path"))})
+                    continue
+                init = dag.stage_dir(sweep_dir, "init", init_spec(cfg, t))
+                running = (init / "job_ids").exists()
+                out.append({"trial": t.key, "state": "running" if running else "pending",
+                            "jobs": ",".join(dag._job_ids(init)) if running else "",
+                            "where": str(init) if running else ""})
+    return out
+
+
+def render(sweep_dir: Path) -> str:
+    states = trial_states(sweep_dir)
+    counts: dict[str, int] = {}
+    for s in states:
+        counts[s["state"]] = counts.get(s["state"], 0) + 1
+    width = max(len(s["trial"]) for s in states)
+    lines = [f"{s['trial']:<{width}}  {s['state']:<8} {s['jobs']:<12} {s['where'][:100]}"
+             for s in states]
+    summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+    return f"{sweep_dir}: {len(states)} trials: {summary}\n" + "\n".join(lines)
+
+
+def _text(value: Any) -> str:
+    """A Parquet cell as text; null (None or NaN) is empty."""
+    return "" if value is None or value != value else str(value)
