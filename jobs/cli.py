@@ -13,6 +13,10 @@ examples:
   basis sweep configs/demo.yaml --profile my-cluster # slurm/profiles/my-cluster.yaml
   basis tables runs/demo                             # Table-4-shaped AP@0.5 table
   basis tables runs/demo --mode oracle               # Table 3 shape
+  basis tables runs/demo --table 2 --format latex    # any of Tables 2-8; md|latex|csv
+  basis report runs/demo                             # runs/demo/report/report.{md,html}
+  basis sweep configs/demo.yaml --detach             # return at once, driver runs on
+  basis sweep --resume runs/demo                     # continue a sweep, skip what is done
   basis status runs/demo                             # per-trial state and Slurm ids
   basis profiles                                     # list the cluster profiles
 
@@ -24,13 +28,28 @@ trials are skipped. Results: SWEEP/results/*.parquet; MLflow: SWEEP/mlflow.db.
 def _sweep(args: argparse.Namespace) -> int:
     from hpc.profiles import ClusterProfile
     from jobs import sweep
-    from jobs.config import SweepConfig
+    from jobs.config import ConfigError, SweepConfig
 
-    cfg = SweepConfig.load(args.config)
-    profile = ClusterProfile.load(args.profile or cfg.profile)
-    sweep_dir = Path(args.sweep_dir or Path("runs") / cfg.name)
+    if args.resume:
+        sweep_dir = Path(args.resume)
+        if not (sweep_dir / "config.yaml").exists():
+            raise ConfigError(f"--resume {sweep_dir}: not a sweep folder (no config.yaml)")
+        cfg = SweepConfig.load(sweep_dir / "config.yaml")
+        profile_name = args.profile or sweep.read_meta(sweep_dir).get("profile") or cfg.profile
+    elif args.config:
+        cfg = SweepConfig.load(args.config)
+        sweep_dir = Path(args.sweep_dir or Path("runs") / cfg.name)
+        profile_name = args.profile or cfg.profile
+    else:
+        raise ConfigError("give a sweep config, or --resume SWEEP")
+    profile = ClusterProfile.load(profile_name)
     print(f"basis: sweep {cfg.name!r}: {cfg.n_trials()} trials on profile {profile.name!r} "
           f"({profile.executor}), folder {sweep_dir}", flush=True)
+    if args.detach:
+        where = sweep.detach(cfg, profile, sweep_dir, force=args.force)
+        print(f"basis: the driver runs detached ({where}); follow it with: "
+              f"basis status {sweep_dir}")
+        return 0
     meta = sweep.run(cfg, profile, sweep_dir, force=args.force, verbose=args.verbose)
     from analysis.tables import render
 
@@ -50,7 +69,15 @@ def _sweep(args: argparse.Namespace) -> int:
 def _tables(args: argparse.Namespace) -> int:
     from analysis.tables import render
 
-    print(render(args.sweep, mode=args.mode))
+    print(render(args.sweep, mode=args.mode, table=args.table, form=args.format), end="")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from analysis.report import build
+
+    rep = build(args.sweep, args.out)
+    print(f"basis: report {rep.md}  (HTML: {rep.html}, {len(rep.figures)} figure file(s))")
     return 0
 
 
@@ -61,6 +88,24 @@ def _status(args: argparse.Namespace) -> int:
     if not (sweep / "config.yaml").exists():
         raise ValueError(f"{sweep} is not a sweep folder (no config.yaml)")
     print(render(sweep))
+    return 0
+
+
+def _budget(args: argparse.Namespace) -> int:
+    from basis.budget import AnnotationCosts, annotation_budget, segmentation_budget
+
+    costs = AnnotationCosts(n_classes=args.classes, classes_per_image=args.classes_per_image,
+                            objects_per_image=args.objects_per_image)
+    print("Table 1 — annotation cost per image (s): " + ", ".join(
+        f"{k} {v:.2f}" for k, v in costs.table1().items()))
+    for n in args.N:
+        ann = annotation_budget(n, args.selection, args.pool, costs)
+        line = (f"N={n:<5d} {args.selection}: annotation network {ann.days:.2f} days "
+                f"({ann.n_strong} masks + {ann.n_weak} IL+C)")
+        if args.additional:
+            seg = segmentation_budget(n, args.additional, args.selection, args.pool, costs)
+            line += f"; segmentation network {seg.days:.2f} days (+{args.additional} IL+C)"
+        print(line)
     return 0
 
 
@@ -83,7 +128,12 @@ def parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("sweep", help="run or resume a sweep", epilog=EXAMPLES,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
-    sp.add_argument("config", help="sweep config YAML, e.g. configs/demo.yaml")
+    sp.add_argument("config", nargs="?", help="sweep config YAML, e.g. configs/demo.yaml")
+    sp.add_argument("--resume", metavar="SWEEP",
+                    help="continue the sweep in this folder with its own config.yaml")
+    sp.add_argument("--detach", action="store_true",
+                    help="return at once; the driver runs on (a background process "
+                    "locally, its own Slurm job on a Slurm profile)")
     sp.add_argument("--profile", help="cluster profile name or YAML path "
                     "(default: the config's `profile`)")
     sp.add_argument("--sweep-dir", help="sweep folder (default: runs/<config name>)")
@@ -97,11 +147,41 @@ def parser() -> argparse.ArgumentParser:
     tp.add_argument("sweep", help="sweep folder")
     tp.add_argument("--mode", default="predicted", choices=("predicted", "oracle"),
                     help="predicted → Table 4 shape, oracle → Table 3 shape")
+    tp.add_argument("--table", type=int, choices=(2, 3, 4, 5, 6, 7, 8),
+                    help="paper table: 2 MAE by IoU schedule, 3 oracle, 4 predicted, "
+                    "5/7 annotation vs segmentation AP, 6/8 budgets in days "
+                    "(overrides --mode)")
+    tp.add_argument("--format", default="md", choices=("md", "latex", "csv"),
+                    help="Markdown (default), LaTeX tabular or long-format CSV")
     tp.set_defaults(func=_tables)
+
+    rp = sub.add_parser("report", help="write SWEEP/report/report.md and report.html: "
+                        "every table and figure, config, versions, what is missing")
+    rp.add_argument("sweep", help="sweep folder")
+    rp.add_argument("--out", help="report folder (default: SWEEP/report)")
+    rp.set_defaults(func=_report)
 
     st = sub.add_parser("status", help="per-trial state of a sweep (done/failed/running/pending)")
     st.add_argument("sweep", help="sweep folder")
     st.set_defaults(func=_status)
+
+    bp = sub.add_parser(
+        "budget", help="annotation cost: Table 1 and the budget of configurations",
+        epilog="example: basis budget --N 200 400 800 --selection closest --additional 9118",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    bp.add_argument("--N", type=int, nargs="+", default=[200, 400, 800],
+                    help="strongly annotated images (default: 200 400 800)")
+    bp.add_argument("--selection", default="closest",
+                    help="random, or a strategy that scores the pool (closest, band, …); "
+                    "those need IL+C labels for the rest of the pool")
+    bp.add_argument("--pool", type=int, default=1464, help="pool size (VOC12 train: 1464)")
+    bp.add_argument("--additional", type=int, default=0,
+                    help="additional weakly labelled images for the segmentation network "
+                    "(SBD: 9118)")
+    bp.add_argument("--classes", type=int, default=20, help="classes in the label set")
+    bp.add_argument("--classes-per-image", type=float, default=1.5)
+    bp.add_argument("--objects-per-image", type=float, default=2.8)
+    bp.set_defaults(func=_budget)
 
     pp = sub.add_parser("profiles", help="list the cluster profiles in slurm/profiles/")
     pp.set_defaults(func=_profiles)

@@ -44,7 +44,13 @@ class SweepPaths:
         return tracking.default_uri(self.root)
 
 
-def prepare(cfg: SweepConfig, sweep_dir: Path, force: bool = False) -> dict[str, Any]:
+def read_meta(sweep_dir: Path) -> dict[str, Any]:
+    path = SweepPaths(sweep_dir).meta
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def prepare(cfg: SweepConfig, sweep_dir: Path, force: bool = False,
+            profile: str | None = None) -> dict[str, Any]:
     """Create or reopen the sweep folder; refuse one that belongs to another config."""
     paths = SweepPaths(sweep_dir)
     meta: dict[str, Any] = {}
@@ -61,6 +67,7 @@ def prepare(cfg: SweepConfig, sweep_dir: Path, force: bool = False) -> dict[str,
         paths.mlflow_uri, f"basis/{cfg.name}", {**cfg.flat(), "n_trials": cfg.n_trials()},
         parent_run_id=meta.get("parent_run_id"), artifact_root=sweep_dir / "mlartifacts")
     meta.update(name=cfg.name, fingerprint=cfg.fingerprint(), experiment_id=exp_id,
+                profile=profile or meta.get("profile"),
                 parent_run_id=parent, mlflow_uri=paths.mlflow_uri,
                 command=" ".join(shlex.quote(a) for a in sys.argv),
                 started=time.strftime("%Y-%m-%dT%H:%M:%S"))
@@ -127,7 +134,7 @@ def run(cfg: SweepConfig, profile: ClusterProfile, sweep_dir: Path, force: bool 
         verbose: int = 1) -> dict[str, Any]:
     """Run (or resume) every trial of ``cfg``; return the sweep's meta record."""
     sweep_dir = sweep_dir.resolve()
-    meta = prepare(cfg, sweep_dir, force=force)
+    meta = prepare(cfg, sweep_dir, force=force, profile=profile.name)
     ctx = SweepContext(str(sweep_dir), cfg.to_dict(), profile, meta["mlflow_uri"],
                        meta["experiment_id"], meta["parent_run_id"])
     _ray_init(num_cpus=profile.max_concurrent_trials)
@@ -152,3 +159,53 @@ def run(cfg: SweepConfig, profile: ClusterProfile, sweep_dir: Path, force: bool 
     finally:
         tracking.finish(meta["mlflow_uri"], meta["parent_run_id"], status)
     return meta
+
+
+class DriverJob:
+    """The sweep driver as a Slurm job (``--detach`` on a Slurm profile)."""
+
+    def __init__(self, cfg: dict[str, Any], profile: ClusterProfile, sweep_dir: str,
+                 force: bool) -> None:
+        self.cfg, self.profile, self.sweep_dir, self.force = cfg, profile, sweep_dir, force
+
+    def __call__(self) -> str:
+        logging.basicConfig(level=logging.INFO)
+        run(SweepConfig.from_dict(self.cfg), self.profile, Path(self.sweep_dir),
+            force=self.force, verbose=0)
+        return self.sweep_dir
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        """Requeued: run again; finished trials and stages are skipped."""
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(DriverJob(self.cfg, self.profile,
+                                                            self.sweep_dir, True))
+
+
+def detach(cfg: SweepConfig, profile: ClusterProfile, sweep_dir: Path,
+           force: bool = False) -> str:
+    """Start the driver and return at once → a line saying where it runs.
+
+    Config and folder are checked here first, so an error still comes back at once.
+    """
+    import dataclasses
+    import subprocess
+
+    sweep_dir = sweep_dir.resolve()
+    prepare(cfg, sweep_dir, force=force, profile=profile.name)
+    if profile.executor == "slurm":
+        from hpc.profiles import make_executor
+
+        driver = dataclasses.replace(profile, tasks_per_node=1, gpus_per_node=0, nodes=1)
+        ex = make_executor(driver, sweep_dir / "submitit" / "driver")
+        ex.update_parameters(name=f"basis-driver-{cfg.name}")
+        job = ex.submit(DriverJob(cfg.to_dict(), profile, str(sweep_dir), force))
+        return f"Slurm job {job.job_id}, log {job.paths.stderr}"
+    log_path = sweep_dir / "driver.log"
+    cmd = [sys.executable, "-m", "jobs.cli", "sweep", "--resume", str(sweep_dir),
+           "--profile", profile.name]
+    with open(log_path, "ab") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    (sweep_dir / "driver.pid").write_text(f"{proc.pid}\n")
+    return f"pid {proc.pid}, log {log_path}"

@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -97,6 +98,21 @@ def test_sweep_on_local_executor_resumes_without_rework(tmp_path):
     assert "| β = 0.3 |" in out.stdout
     status = basis("status", str(sweep)).stdout
     assert "4 trials: 4 done" in status and "predicted-b0.60-N28-s0" in status
+
+
+def _alive(pid: int) -> bool:
+    try:
+        waited, _ = os.waitpid(pid, os.WNOHANG)   # reap it if it was our grandchild
+        if waited:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split()[2] == "Z")
 
 
 def test_config_error_is_caught_before_any_submission(tmp_path):

@@ -1,0 +1,40 @@
+import pytest
+
+from jobs.cli import main
+
+
+def test_help_has_examples(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "examples:" in out and "basis sweep configs/demo.yaml" in out
+
+
+def test_budget_prints_table1_and_paper_cells(capsys):
+    assert main(["budget", "--N", "400", "800", "--additional", "9118"]) == 0
+    out = capsys.readouterr().out
+    assert "IL+C 22.22" in out and "Full 239.70" in out and "BB 38.10" in out
+    # Table 6, mask-guided: annotation 1.38 / 2.39 days, segmentation 3.73 at N=400
+    assert "N=400   closest: annotation network 1.38 days" in out
+    assert "segmentation network 3.73 days" in out
+    assert "N=800   closest: annotation network 2.39 days" in out
+
+
+def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path):
+    assert main(["tables", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("basis: error:") and len(err.strip().splitlines()) == 1
+    assert main(["sweep", "--resume", str(tmp_path)]) == 2
+    assert "not a sweep folder" in capsys.readouterr().err
+    assert main(["sweep", "configs/demo.yaml", "--profile", "nope"]) == 2
+    assert "profile 'nope' not found" in capsys.readouterr().err
+
+
+def test_status_of_a_sweep_folder_without_results(tmp_path, capsys):
+    import shutil
+
+    shutil.copy("configs/demo.yaml", tmp_path / "config.yaml")
+    assert main(["status", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "6 trials: 6 pending" in out
