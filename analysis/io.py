@@ -32,7 +32,9 @@ def read(sweep: str | Path, name: str) -> pd.DataFrame:
 
         partitioning = ds.partitioning(pa.schema([schema.field(part)]), flavor="hive")
     try:
-        dataset = ds.dataset([str(f) for f in files], format="parquet",
+        # the contract's schema, not the first file's: files written before a column
+        # was added read it as null instead of dropping it from every file
+        dataset = ds.dataset([str(f) for f in files], format="parquet", schema=schema,
                              partitioning=partitioning, partition_base_dir=str(root))
         table = dataset.to_table()
     except Exception as err:  # pyarrow raises several types for a corrupt file
@@ -43,3 +45,126 @@ def read(sweep: str | Path, name: str) -> pd.DataFrame:
                 raise ResultsError(f"{f}: not a readable Parquet file ({inner})") from err
         raise ResultsError(f"{root}: {err}") from err
     return table.to_pandas()
+
+
+def read_optional(sweep: str | Path, name: str) -> pd.DataFrame | None:
+    """Like `read`, but ``None`` when the sweep has no folder for table ``name``.
+
+    ``image_scores`` falls back to the init stages' own files
+    (``SWEEP/stages/init-*/image_scores.parquet``) when ``results/image_scores`` is absent.
+    """
+    try:
+        return read(sweep, name)
+    except ResultsError:
+        if not (Path(sweep) / "results" / name).exists() and name == "image_scores":
+            return _stage_image_scores(Path(sweep))
+        if (Path(sweep) / "results" / name).exists():
+            raise
+        return None
+
+
+def _stage_image_scores(sweep: Path) -> pd.DataFrame | None:
+    # only finished stages: a stage writes its files before its DONE marker
+    files = sorted(p for p in sweep.glob("stages/*/image_scores.parquet")
+                   if (p.parent / "DONE").exists())
+    if not files:
+        return None
+    frames = []
+    for f in files:
+        try:
+            frames.append(ds.dataset(str(f), format="parquet").to_table().to_pandas())
+        except Exception as err:
+            raise ResultsError(f"{f}: not a readable Parquet file ({err})") from err
+    return pd.concat(frames, ignore_index=True)
+
+
+def _scalar(text: str) -> object:
+    text = text.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("null", "~", ""):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_simple_yaml(text: str) -> dict:
+    """The block-style YAML subset that ``yaml.safe_dump`` writes for a sweep config:
+    nested mappings, lists of scalars (block ``- x`` or flow ``[x, y]``) and scalars.
+
+    Enough to read a sweep's grid without a YAML library; anything fancier (anchors,
+    multi-line strings) is not supported and may be read as a plain string.
+    """
+    root: dict = {}
+    stack: list[tuple[int, dict | list]] = [(-1, root)]
+    pending: tuple[int, dict, str] | None = None   # a "key:" whose value is on later lines
+    for raw in text.splitlines():
+        if not raw.strip() or raw.lstrip().startswith("#"):
+            continue
+        indent = len(raw) - len(raw.lstrip(" "))
+        line = raw.strip()
+        if pending is not None:
+            p_indent, p_parent, p_key = pending
+            pending = None
+            if line.startswith("- ") or line == "-":
+                p_parent[p_key] = []
+                stack.append((p_indent, p_parent[p_key]))
+            elif indent > p_indent:
+                p_parent[p_key] = {}
+                stack.append((p_indent, p_parent[p_key]))
+            else:
+                p_parent[p_key] = None
+        while len(stack) > 1 and indent <= stack[-1][0] and not (
+                isinstance(stack[-1][1], list) and line.startswith("-")
+                and indent == stack[-1][0]):
+            stack.pop()
+        container = stack[-1][1]
+        if line.startswith("-") and isinstance(container, list):
+            container.append(_scalar(line[1:]))
+            continue
+        if ":" not in line or not isinstance(container, dict):
+            continue
+        key, _, value = line.partition(":")
+        key, value = key.strip().strip("'\""), value.strip()
+        if not value:
+            pending = (indent, container, key)
+        elif value.startswith("[") and value.endswith("]"):
+            inner = value[1:-1].strip()
+            container[key] = [_scalar(v) for v in inner.split(",")] if inner else []
+        elif value in ("{}",):
+            container[key] = {}
+        else:
+            container[key] = _scalar(value)
+    if pending is not None:
+        pending[1][pending[2]] = None
+    return root
+
+
+def sweep_config(sweep: str | Path) -> tuple[str | None, dict]:
+    """``SWEEP/config.yaml`` as (text, parsed dict); (None, {}) when absent."""
+    path = Path(sweep) / "config.yaml"
+    if not path.is_file():
+        return None, {}
+    text = path.read_text()
+    try:
+        return text, parse_simple_yaml(text)
+    except Exception:  # a config we cannot parse still goes into the report as text
+        return text, {}
+
+
+def sweep_meta(sweep: str | Path) -> dict:
+    """``SWEEP/sweep.json`` (name, command, started, MLflow URI …); {} when absent."""
+    import json
+
+    path = Path(sweep) / "sweep.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}

@@ -28,6 +28,14 @@ TRIALS = pa.schema([
     pa.field("slurm_job_ids", pa.string()),  # comma separated, every stage the trial used
     pa.field("mlflow_run_id", pa.string()),
     pa.field("log_path", pa.string()),
+    # Optional config/outcome columns for Tables 2 and 5–8 (null where a sweep has none):
+    pa.field("iou_schedule", pa.string()),     # train.iou_schedule: joint | freeze (Table 2)
+    pa.field("iou_target", pa.string()),       # loss.iou_target: sqrt | square | identity
+    pa.field("pool_fraction", pa.float64()),   # share of the additional pool pseudo-labelled:
+                                               # 1.0 → Tables 5/6, 0.5 → Tables 7/8
+    pa.field("seg_ap50", pa.float64()),        # AP@0.5 of the segmentation network, [0, 1]
+    pa.field("seg_budget_s", pa.float64()),    # annotation cost of that configuration, s
+    pa.field("seg_budget_days", pa.float64()),
 ])
 
 #: One row per pool image of an init stage: what selection works from (Fig. 5).

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from basis.data.synthetic import collate
 from basis.losses import LossConfig, iou_target_inverse
 from basis.metrics.iou import match_true_iou
-from basis.models.rsis import RSIS
+from basis.models.rsis import RSIS, RSISOutput
 from basis.types import ImagePrediction
 
 
@@ -56,6 +56,28 @@ def encode_rles(masks: torch.Tensor) -> list[dict]:
     for r in rles:
         r["counts"] = r["counts"].decode("ascii")
     return rles
+
+
+def emitted_objects(out: RSISOutput, b: int, class_seq: torch.Tensor | None,
+                    n_weak: int) -> tuple[int, torch.Tensor]:
+    """Which steps of image ``b`` inference reports as objects, and their labels.
+
+    Args:
+        out: the network output for the batch.
+        b: index of the image in the batch.
+        class_seq: (B, T) the W-RSIS inputs (`weak_class_sequence`), or None for RSIS.
+        n_weak: the image's number of weak labels (W-RSIS only).
+
+    Returns:
+        (n, labels): the first ``n`` steps are the objects, ``labels`` (n,) long their
+        classes: the input classes for W-RSIS, the most probable object class for RSIS
+        (which stops before the first step with σ(stop) ≤ 0.5).
+    """
+    if class_seq is not None:
+        return n_weak, class_seq[b, :n_weak]
+    above = (out.stop_logits[b] > 0).tolist()
+    n = above.index(False) if False in above else len(above)
+    return n, out.class_logits[b, :n, 1:].argmax(-1) + 1
 
 
 @torch.no_grad()
@@ -94,13 +116,7 @@ def predict(model: RSIS, dataset: Dataset, batch_size: int = 16,
             iou_pred = iou_target_inverse(out.iou.float(), loss_cfg.iou_target)
             h, w = images.shape[-2:]
             for b in range(images.shape[0]):
-                if class_seq is not None:
-                    n = int(batch["labels"][b].numel())
-                    labels = class_seq[b, :n]
-                else:
-                    above = (stop_prob[b] > 0.5).tolist()
-                    n = above.index(False) if False in above else len(above)
-                    labels = cls_prob[b, :n, 1:].argmax(-1) + 1
+                n, labels = emitted_objects(out, b, class_seq, int(batch["labels"][b].numel()))
                 steps = torch.arange(n, device=device)
                 scores = cls_prob[b, steps, labels] * stop_prob[b, :n]
                 masks = (out.mask_logits[b, :n] > 0).cpu()

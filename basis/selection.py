@@ -6,12 +6,20 @@ are baselines and variants for the study.
 
 Every strategy is deterministic: given the same scores, arguments and the same
 state of ``rng``, it returns the same ids in the same order.
+
+Multi-round selection (active learning in several iterations) is built from three
+pieces: `plan_rounds` splits the N − n_init images to select into per-round sizes
+N'_1 … N'_R, `select_round` picks one round's images while excluding every image
+already labelled, and `select_rounds` chains them, re-scoring the pool through a
+callback between rounds (in the study the callback retrains the annotation network
+on the images labelled so far and pseudo-annotates the pool again). With R = 1 this
+is the paper's single selection.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Callable, Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -149,3 +157,101 @@ def select(strategy: str, scores: Mapping[int, float], n: int, beta: float | Non
         bad = [int(i) for i in ids[~np.isfinite(vals)]][:5]
         raise ValueError(f"scores must be finite; not for image ids {bad}")
     return spec.fn(ids, vals, n, None if beta is None else float(beta), rng, float(delta))
+
+
+def plan_rounds(n_init: int, N: int, rounds: int) -> list[int]:
+    """Per-round sizes N' of a multi-round selection from n_init up to N images.
+
+    Split rule: the N − n_init images are shared as evenly as integers allow, the
+    remainder going to the earliest rounds (which select from the weakest model,
+    so they are never the smaller ones): ``plan_rounds(100, 400, 4) == [75, 75, 75,
+    75]``, ``plan_rounds(100, 200, 3) == [34, 33, 33]``. The sizes sum to N − n_init
+    and every round selects at least one image.
+
+    Args:
+        n_init: images labelled before the first round (the paper: 100), ≥ 0.
+        N: images labelled after the last round, > n_init.
+        rounds: number of selection rounds R, 1 ≤ R ≤ N − n_init.
+
+    Returns:
+        R ints ≥ 1, non-increasing, summing to N − n_init.
+
+    Raises:
+        ValueError: naming the offending argument.
+    """
+    for name, value in (("n_init", n_init), ("N", N), ("rounds", rounds)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise ValueError(f"{name} must be an int, got {value!r}")
+    if n_init < 0:
+        raise ValueError(f"n_init must be >= 0, got {n_init}")
+    if N <= n_init:
+        raise ValueError(f"N={N} must be larger than n_init={n_init}: nothing to select")
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    total = int(N) - int(n_init)
+    if rounds > total:
+        raise ValueError(f"rounds={rounds} is more than the {total} images to select "
+                         f"(N={N} - n_init={n_init}): a round would select none")
+    q, r = divmod(total, int(rounds))
+    return [q + 1] * r + [q] * (int(rounds) - r)
+
+
+def select_round(strategy: str, scores: Mapping[int, float], already: Collection[int], n: int,
+                 beta: float | None = None, rng: np.random.Generator | None = None, *,
+                 delta: float = 0.1) -> list[int]:
+    """One round of a multi-round selection: `select` over the images not yet labelled.
+
+    Args:
+        strategy, beta, rng, delta: as in `select`.
+        scores: image id → score for the pool (it may include labelled images; they
+            are skipped).
+        already: ids labelled before this round (initial and earlier rounds); ids
+            that are not in ``scores`` are allowed and ignored.
+        n: N' of this round, 0 ≤ n ≤ number of unlabelled scored images.
+
+    Returns:
+        n distinct ids, none of them in ``already``, ordered as `select` orders them.
+
+    Raises:
+        ValueError: as `select`, and when n exceeds the images not yet labelled.
+    """
+    done = set()
+    for i in already:
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+            raise ValueError(f"already must hold int image ids, got {i!r}")
+        done.add(int(i))
+    free = {int(i): v for i, v in scores.items() if int(i) not in done}
+    if isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n > len(free):
+        raise ValueError(f"n={n} is larger than the {len(free)} scored images not yet labelled "
+                         f"({len(scores) - len(free)} of {len(scores)} are)")
+    return select(strategy, free, n, beta, rng, delta=delta)
+
+
+def select_rounds(strategy: str, score_fn: Callable[[frozenset[int]], Mapping[int, float]],
+                  initial: Collection[int], sizes: Sequence[int], beta: float | None = None,
+                  rng: np.random.Generator | None = None, *, delta: float = 0.1
+                  ) -> list[list[int]]:
+    """Several rounds of selection, re-scoring the pool before each.
+
+    Args:
+        strategy, beta, rng, delta: as in `select`; the same ``rng`` is used by every
+            round in turn, so the whole run is deterministic given its seed.
+        score_fn: labelled ids → scores of the pool (image id → Eq. 2 score), called
+            once per round before it selects, with every id labelled so far.
+        initial: ids labelled before the first round.
+        sizes: N' per round, e.g. from `plan_rounds`.
+
+    Returns:
+        One list of ids per round; no id appears twice or in ``initial``.
+    """
+    labelled = {int(i) for i in initial}
+    picked: list[list[int]] = []
+    for k, n in enumerate(sizes):
+        try:
+            chosen = select_round(strategy, score_fn(frozenset(labelled)), labelled, n, beta,
+                                  rng, delta=delta)
+        except ValueError as err:
+            raise ValueError(f"round {k + 1} of {len(sizes)}: {err}") from err
+        labelled.update(chosen)
+        picked.append(chosen)
+    return picked

@@ -109,12 +109,47 @@ def _budget(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan(args: argparse.Namespace) -> int:
+    from basis.budget import AnnotationCosts
+    from basis.planner import plan, results_from_trials
+
+    costs = AnnotationCosts(n_classes=args.classes, classes_per_image=args.classes_per_image,
+                            objects_per_image=args.objects_per_image)
+    results = None
+    if args.sweep:
+        from analysis.io import read
+
+        trials = read(args.sweep, "trials").astype(object)
+        results = results_from_trials(trials.where(trials.notna(), None).to_dict("records"))
+    fractions = args.fractions if args.fractions is not None else (
+        (0.0, 0.5, 1.0) if args.additional else (0.0,))
+    p = plan(args.days, costs=costs, pool_size=args.pool, additional=args.additional, N=args.N,
+             pool_fractions=fractions, selections=args.selection, results=results)
+    print(p.to_markdown(), end="")
+    if args.sweep and not results:
+        print(f"(no completed trials with an AP in {args.sweep})")
+    return 0
+
+
 def _profiles(args: argparse.Namespace) -> int:
     from hpc.profiles import PROFILES_DIR, ClusterProfile
 
     for path in sorted(PROFILES_DIR.glob("*.yaml")):
         p = ClusterProfile.load(path)
         print(f"{p.name:14s} {p.executor:6s} {p.world_size} task(s)/job  {p.description}")
+    return 0
+
+
+def _data(args: argparse.Namespace) -> int:
+    from basis.data import check
+
+    if args.data_command == "check":
+        report = check.check(args.path, args.format, images=args.images)
+        print(check.render_check(report))
+        return 1 if report["n_errors"] else 0
+    info = check.synth(args.out, args.n, size=args.size, seed=args.seed, n_val=args.n_val)
+    print(f"basis: wrote {info['splits']} synthetic images ({args.size} px, seed {args.seed}) "
+          f"in VOC layout to {info['root']}; check it with: basis data check {info['root']}")
     return 0
 
 
@@ -183,8 +218,47 @@ def parser() -> argparse.ArgumentParser:
     bp.add_argument("--objects-per-image", type=float, default=2.8)
     bp.set_defaults(func=_budget)
 
+    lp = sub.add_parser(
+        "plan", help="budget planner: the configurations that fit D annotator-days, with "
+        "the AP a finished sweep measured for each",
+        epilog="example: basis plan --days 3 --N 200 400 800 --sweep runs/table6",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    lp.add_argument("--days", type=float, required=True,
+                    help="annotator-days available (86 400 s of annotation each, as the paper)")
+    lp.add_argument("--pool", type=int, default=1464, help="pool size (VOC12 train: 1464)")
+    lp.add_argument("--additional", type=int, default=9118,
+                    help="additional pool for the segmentation network (SBD: 9118; 0: none)")
+    lp.add_argument("--N", type=int, nargs="+", default=[200, 400, 800],
+                    help="candidate numbers of strong images (default: 200 400 800)")
+    lp.add_argument("--fractions", type=float, nargs="+",
+                    help="shares of the additional pool labelled IL+C (default: 0 0.5 1, "
+                    "or 0 without an additional pool)")
+    lp.add_argument("--selection", nargs="+", default=["random", "closest"],
+                    help="selections to consider (default: random closest)")
+    lp.add_argument("--sweep", help="a finished sweep folder: show its measured AP@0.5")
+    lp.add_argument("--classes", type=int, default=20, help="classes in the label set")
+    lp.add_argument("--classes-per-image", type=float, default=1.5)
+    lp.add_argument("--objects-per-image", type=float, default=2.8)
+    lp.set_defaults(func=_plan)
+
     pp = sub.add_parser("profiles", help="list the cluster profiles in slurm/profiles/")
     pp.set_defaults(func=_profiles)
+
+    dp = sub.add_parser("data", help="validate a dataset or write a synthetic one")
+    dsub = dp.add_subparsers(dest="data_command", required=True)
+    dc = dsub.add_parser("check", help="validate a VOC/SBD/COCO/synthetic dataset and print "
+                         "counts, objects/image, classes/image and object sizes")
+    dc.add_argument("path", help="VOC root, SBD root, COCO .json or a `data synth` folder")
+    dc.add_argument("--format", choices=("voc", "sbd", "coco", "synthetic"),
+                    help="dataset format (default: detected from the layout)")
+    dc.add_argument("--images", help="COCO only: folder of the images (default: the JSON's)")
+    ds = dsub.add_parser("synth", help="write a synthetic dataset in VOC layout")
+    ds.add_argument("out", help="output folder")
+    ds.add_argument("--n", type=int, required=True, help="training images (split train)")
+    ds.add_argument("--n-val", type=int, default=0, help="validation images (split val)")
+    ds.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
+    ds.add_argument("--seed", type=int, default=0, help="data seed (default 0)")
+    dp.set_defaults(func=_data)
     return ap
 
 

@@ -54,6 +54,7 @@ class DataConfig:
     kind: str = "synthetic"
     n_pool: int = 240          # the strong pool selection draws from (VOC12 train: 1464)
     n_test: int = 64           # evaluation images (VOC12 val: 1449)
+    n_additional: int = 0      # weakly labelled pool to pseudo-label (SBD: 9118)
     data_seed: int = 0         # identity of the synthetic dataset, not a trial seed
     synthetic: Mapping[str, Any] = field(default_factory=dict)  # SyntheticConfig fields
 
@@ -68,6 +69,8 @@ class StudyConfig:
     seed: tuple[int, ...] = (0,)
     modes: tuple[str, ...] = ("predicted",)
     random_baseline: bool = True
+    segment: bool = False      # also pseudo-label the additional pool, train RSIS (Tables 5/7)
+    pool_fractions: tuple[float, ...] = (1.0,)   # shares of it used (Table 5: 1.0, 7: 0.5)
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,7 @@ class SweepConfig:
                               f"allowed: {', '.join(sorted(top))}")
         data = _sub(DataConfig, raw.pop("data", {}) or {}, "data")
         study = _sub(StudyConfig, raw.pop("study", {}) or {}, "study")
-        for key in ("N", "beta", "seed", "modes"):
+        for key in ("N", "beta", "seed", "modes", "pool_fractions"):
             study = dataclasses.replace(study, **{key: tuple(_as_list(getattr(study, key)))})
         cfg = cls(name=str(raw.pop("name", default_name)), data=data, study=study,
                   **{k: dict(raw.get(k) or {}) for k in ("model", "train", "loss")},
@@ -132,6 +135,13 @@ class SweepConfig:
                                   f"data.n_pool={d.n_pool}]")
         if not s.seed:
             raise ConfigError("study.seed is empty")
+        if s.segment:
+            if d.n_additional < 1:
+                raise ConfigError("study.segment needs data.n_additional ≥ 1 images to "
+                                  "pseudo-label")
+            for f in s.pool_fractions:
+                if not 0.0 < float(f) <= 1.0:
+                    raise ConfigError(f"study.pool_fractions has {f}; allowed: (0, 1]")
         if not s.modes and not s.random_baseline:
             raise ConfigError("study has no modes and no random baseline: nothing to run")
         n_classes = build("data", self.data.synthetic).n_classes
@@ -157,8 +167,20 @@ class SweepConfig:
             arms.insert(0, {"mode": "random", "beta": None})
         return arms
 
+    def fractions(self) -> list[float | None]:
+        """The pool-fraction axis: the study's fractions when it segments, else none."""
+        return [float(f) for f in self.study.pool_fractions] if self.study.segment else [None]
+
     def n_trials(self) -> int:
-        return len(self.arms()) * len(self.study.N) * len(self.study.seed)
+        return (len(self.arms()) * len(self.study.N) * len(self.study.seed)
+                * len(self.fractions()))
+
+    def trials(self) -> list["TrialConfig"]:
+        """Every grid point, in a stable order."""
+        return [TrialConfig(N=n, beta=arm["beta"], seed=seed, mode=arm["mode"],
+                            n_init=self.study.n_init, pool_fraction=f)
+                for seed in self.study.seed for n in self.study.N for f in self.fractions()
+                for arm in self.arms()]
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))
@@ -172,6 +194,7 @@ class SweepConfig:
     def flat(self) -> dict[str, Any]:
         """``section.key`` → value for the method's settings (MLflow params)."""
         out: dict[str, Any] = {"data.n_pool": self.data.n_pool, "data.n_test": self.data.n_test,
+                               "data.n_additional": self.data.n_additional,
                                "data.data_seed": self.data.data_seed}
         for section in SECTIONS:
             for k, v in dataclasses.asdict(build(section, self.section(section))).items():
@@ -188,11 +211,13 @@ class TrialConfig:
     seed: int
     mode: str
     n_init: int
+    pool_fraction: float | None = None   # set when the trial trains a segmentation network
 
     @property
     def key(self) -> str:
         beta = "none" if self.beta is None else f"{self.beta:.2f}"
-        return f"{self.mode}-b{beta}-N{self.N}-s{self.seed}"
+        key = f"{self.mode}-b{beta}-N{self.N}-s{self.seed}"
+        return key if self.pool_fraction is None else f"{key}-f{self.pool_fraction:.2f}"
 
     def to_flat_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

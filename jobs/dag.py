@@ -58,9 +58,38 @@ def read_metrics(path: Path, offset: int) -> tuple[list[dict[str, Any]], int]:
     return [json.loads(line) for line in lines if line.strip()], offset + end
 
 
-def _job_ids(d: Path) -> list[str]:
+def job_ids(d: Path) -> list[str]:
+    """The job ids a stage was submitted as, oldest first."""
+    return [line.split()[0] for line in _job_lines(d)]
+
+
+def _job_lines(d: Path) -> list[str]:
     f = d / "job_ids"
-    return f.read_text().split() if f.exists() else []
+    return [line for line in f.read_text().splitlines() if line.strip()] if f.exists() else []
+
+
+#: Slurm states of a job that will still produce an outcome.
+LIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING",
+               "SUSPENDED", "REQUEUE_HOLD", "REQUEUE_FED"}
+
+
+def _reattach(d: Path) -> Any:
+    """The stage's last Slurm job if it is still queued or running (a driver that died
+    and came back must not submit the same work twice), else None."""
+    lines = _job_lines(d)
+    if not lines:
+        return None
+    parts = lines[-1].split()
+    if len(parts) < 4 or parts[3] != "slurm":
+        return None
+    import submitit
+
+    job = submitit.SlurmJob(folder=parts[1], job_id=parts[0], tasks=tuple(range(int(parts[2]))))
+    try:
+        state = job.state
+    except Exception:  # sacct unreachable: resubmitting is the safe choice
+        return None
+    return job if state.split()[0] in LIVE_STATES else None
 
 
 @contextlib.contextmanager
@@ -89,19 +118,27 @@ def ensure(sweep_dir: Path, kind: str, cfg: dict[str, Any], job: Callable[[Path]
     """
     d = stage_dir(sweep_dir, kind, cfg)
     if (d / DONE).exists():
-        return StageResult(d.name, d, json.loads((d / RESULT).read_text()), _job_ids(d))
+        return StageResult(d.name, d, json.loads((d / RESULT).read_text()), job_ids(d))
     with _locked(d.parent / f"{d.name}.lock"):
         if (d / DONE).exists():     # another trial computed it while we waited
-            return StageResult(d.name, d, json.loads((d / RESULT).read_text()), _job_ids(d))
+            return StageResult(d.name, d, json.loads((d / RESULT).read_text()), job_ids(d))
         d.mkdir(parents=True, exist_ok=True)
-        (d / METRICS).unlink(missing_ok=True)   # a new attempt streams from its first epoch
-        (d / "config.json").write_text(json.dumps(cfg, indent=1, sort_keys=True, default=str))
-        # a fresh submitit folder per attempt: Slurm job ids restart when its state is wiped
-        folder = Path(sweep_dir) / "submitit" / d.name / time.strftime("%Y%m%d-%H%M%S")
-        handle = executor(folder).submit(job(d))
-        with open(d / "job_ids", "a") as fh:
-            fh.write(f"{handle.job_id}\n")
-        log.info("stage %s submitted as job %s (logs: %s)", d.name, handle.job_id, folder)
+        handle = _reattach(d)
+        if handle is not None:
+            log.info("stage %s: job %s is still %s; waiting for it", d.name, handle.job_id,
+                     handle.state)
+        else:
+            (d / METRICS).unlink(missing_ok=True)   # a new attempt streams from epoch 1
+            (d / "config.json").write_text(json.dumps(cfg, indent=1, sort_keys=True,
+                                                      default=str))
+            # a fresh submitit folder per attempt: Slurm job ids restart when its state
+            # is wiped, and a reused folder would hand back an old job's result
+            folder = Path(sweep_dir) / "submitit" / d.name / time.strftime("%Y%m%d-%H%M%S")
+            handle = executor(folder).submit(job(d))
+            kind = "slurm" if type(handle).__name__ == "SlurmJob" else "local"
+            with open(d / "job_ids", "a") as fh:
+                fh.write(f"{handle.job_id} {folder} {len(handle._tasks)} {kind}\n")
+            log.info("stage %s submitted as job %s (logs: %s)", d.name, handle.job_id, folder)
         offset = 0
         while True:
             finished = handle.done()
@@ -112,7 +149,7 @@ def ensure(sweep_dir: Path, kind: str, cfg: dict[str, Any], job: Callable[[Path]
             if finished:
                 break
             time.sleep(poll_s)
-        ids = _job_ids(d)
+        ids = job_ids(d)
         try:
             handle.results()   # every task's; `result()` refuses multi-task jobs
         except Exception as err:  # submitit raises FailedJobError / UncompletedJobError

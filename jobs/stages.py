@@ -92,16 +92,18 @@ class StageJob:
         return synthetic_splits(build("data", d["synthetic"]), d["data_seed"], d["n_pool"],
                                 d["n_test"])
 
-    def train(self, env: distributed.DistEnv, ids: list[int], pool: Any) -> Any:
-        """Train a fresh IoU-W-RSIS on the pool images ``ids`` (resuming if a
-        checkpoint of this stage exists) → the trained model, unwrapped."""
+    def train(self, env: distributed.DistEnv, ids: list[int], pool: Any,
+              model_cfg: dict[str, Any] | None = None) -> Any:
+        """Train a fresh network (IoU-W-RSIS unless ``model_cfg`` says otherwise) on the
+        images ``ids`` of ``pool`` (resuming if a checkpoint of this stage exists)
+        → the trained model, unwrapped."""
         import torch
 
         from basis.models.rsis import RSIS
         from basis.train import train
 
         torch.manual_seed(int(self.spec["seed"]))
-        model = RSIS(build("model", self.spec["model"]))
+        model = RSIS(build("model", model_cfg or self.spec["model"]))
         ckpt = self.stage_dir / "ckpt.pt"
         state = torch.load(ckpt, weights_only=False) if ckpt.exists() else None
         if state is not None:
@@ -121,9 +123,20 @@ class StageJob:
 
         preds = predict(model, test, loss_cfg=build("loss", self.spec["loss"]))
         ap = evaluate_ap(test, preds, n_classes=model.cfg.n_classes)
+        if not model.cfg.iou_head:
+            return {"ap50": float(ap["ap50"]), "mae": None}
         mae = image_score_mae([p.image_score for p in preds],
                               [p.image_iou_true or 0.0 for p in preds])
         return {"ap50": float(ap["ap50"]), "mae": float(mae)}
+
+    def load_model(self, stage_dir: str | Path, model_cfg: dict[str, Any]) -> Any:
+        import torch
+
+        from basis.models.rsis import RSIS
+
+        model = RSIS(build("model", model_cfg))
+        model.load_state_dict(torch.load(Path(stage_dir) / "model.pt", weights_only=True))
+        return model.eval()
 
 
 class InitStage(StageJob):
@@ -170,7 +183,70 @@ class AnnotateStage(StageJob):
         model = self.train(env, ids, pool)
         if not env.is_rank0:
             return {}
+        atomic.torch_save(model.state_dict(), self.stage_dir / "model.pt")
         return {"n_train": len(ids), **self.evaluate(model, test)}
+
+
+class PseudoStage(StageJob):
+    """The annotation network labels the additional pool from its IL+C labels."""
+
+    kind = "pseudo"
+
+    def run(self, env: distributed.DistEnv) -> dict[str, Any]:
+        import dataclasses
+
+        from basis.data.splits import synthetic_additional
+        from basis.infer import predict
+
+        if not env.is_rank0:
+            return {}
+        d = self.spec["data"]
+        extra = synthetic_additional(build("data", d["synthetic"]), d["data_seed"],
+                                     d["n_additional"])
+        model = self.load_model(self.spec["annotate_dir"], self.spec["model"])
+        preds = predict(model, extra, loss_cfg=build("loss", self.spec["loss"]))
+        atomic.write_text(self.stage_dir / "pseudo.json",
+                          json.dumps([dataclasses.asdict(p) for p in preds]))
+        true = [p.image_iou_true for p in preds if p.image_iou_true is not None]
+        return {"n_images": len(preds),
+                "pseudo_iou": float(sum(true) / len(true)) if true else None}
+
+
+class SegmentStage(StageJob):
+    """Train the segmentation network (plain RSIS) on strong ∪ pseudo-labelled images."""
+
+    kind = "segment"
+
+    def run(self, env: distributed.DistEnv) -> dict[str, Any]:
+        from basis.data.pseudo import Concat, PseudoLabelled
+        from basis.data.splits import synthetic_additional
+        from basis.types import ImagePrediction
+
+        pool, test = self.datasets()
+        d = self.spec["data"]
+        extra = synthetic_additional(build("data", d["synthetic"]), d["data_seed"],
+                                     d["n_additional"])
+        raw = json.loads((Path(self.spec["pseudo_dir"]) / "pseudo.json").read_text())
+        preds = [ImagePrediction(**p) for p in raw][: int(self.spec["n_pseudo"])]
+        pseudo = PseudoLabelled(extra.subset([p.image_id for p in preds]), preds)
+        strong = pool.subset(sorted(int(i) for i in self.spec["train_ids"]))
+        data = Concat([strong, pseudo])
+        model_cfg = {**self.spec["model"], "weak": False, "iou_head": False}
+        model = self.train(env, list(range(len(data))), _Indexed(data), model_cfg)
+        if not env.is_rank0:
+            return {}
+        return {"n_strong": len(strong), "n_pseudo": len(pseudo),
+                **self.evaluate(model, test)}
+
+
+class _Indexed:
+    """Adapter giving a dataset the ``subset(ids)`` of positions `StageJob.train` uses."""
+
+    def __init__(self, data: Any) -> None:
+        self.data = data
+
+    def subset(self, positions: list[int]) -> Any:
+        return self.data
 
 
 def _write_parquet(path: Path, table: str, rows: list[dict[str, Any]]) -> None:

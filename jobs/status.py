@@ -7,7 +7,7 @@ from typing import Any
 import yaml
 
 from jobs import dag
-from jobs.config import SweepConfig, TrialConfig
+from jobs.config import SweepConfig
 from jobs.trial import init_spec
 
 
@@ -22,23 +22,19 @@ def trial_states(sweep_dir: Path) -> list[dict[str, Any]]:
     except ResultsError:
         rows = {}
     out = []
-    for seed in cfg.study.seed:
-        for n in cfg.study.N:
-            for arm in cfg.arms():
-                t = TrialConfig(N=n, beta=arm["beta"], seed=seed, mode=arm["mode"],
-                                n_init=cfg.study.n_init)
-                row = rows.get(t.key)
-                if row is not None:
-                    state = "done" if row["status"] == "COMPLETED" else "failed"
-                    out.append({"trial": t.key, "state": state,
-                                "jobs": _text(row.get("slurm_job_ids")),
-                                "where": _text(row.get("error")) or _text(row.get("log_path"))})
-                    continue
-                init = dag.stage_dir(sweep_dir, "init", init_spec(cfg, t))
-                running = (init / "job_ids").exists()
-                out.append({"trial": t.key, "state": "running" if running else "pending",
-                            "jobs": ",".join(dag._job_ids(init)) if running else "",
-                            "where": str(init) if running else ""})
+    for t in cfg.trials():
+        row = rows.get(t.key)
+        if row is not None:
+            state = "done" if row["status"] == "COMPLETED" else "failed"
+            out.append({"trial": t.key, "state": state,
+                        "jobs": _text(row.get("slurm_job_ids")),
+                        "where": _text(row.get("error")) or _text(row.get("log_path"))})
+            continue
+        init = dag.stage_dir(sweep_dir, "init", init_spec(cfg, t))
+        running = (init / "job_ids").exists()
+        out.append({"trial": t.key, "state": "running" if running else "pending",
+                    "jobs": ",".join(dag.job_ids(init)) if running else "",
+                    "where": str(init) if running else ""})
     return out
 
 

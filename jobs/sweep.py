@@ -127,7 +127,8 @@ def _progress(total: int) -> Any:
 def _key(config: dict[str, Any]) -> str:
     arm = config.get("arm", {})
     beta = "" if arm.get("beta") is None else f" β={arm['beta']}"
-    return f"[{arm.get('mode')}{beta} N={config.get('N')} seed={config.get('seed')}]"
+    frac = "" if config.get("pool_fraction") is None else f" pool={config['pool_fraction']}"
+    return f"[{arm.get('mode')}{beta} N={config.get('N')} seed={config.get('seed')}{frac}]"
 
 
 def run(cfg: SweepConfig, profile: ClusterProfile, sweep_dir: Path, force: bool = False,
@@ -143,6 +144,8 @@ def run(cfg: SweepConfig, profile: ClusterProfile, sweep_dir: Path, force: bool 
     space = {"N": tune.grid_search(list(cfg.study.N)),
              "seed": tune.grid_search(list(cfg.study.seed)),
              "arm": tune.grid_search(cfg.arms())}
+    if cfg.study.segment:
+        space["pool_fraction"] = tune.grid_search(cfg.fractions())
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(_trainable, ctx=ctx), {"cpu": 1}),
         param_space=space,

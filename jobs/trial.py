@@ -17,7 +17,7 @@ from typing import Any, Callable
 from hpc.profiles import ClusterProfile, make_executor
 from jobs import dag, records
 from jobs.config import SweepConfig, TrialConfig
-from jobs.stages import AnnotateStage, InitStage
+from jobs.stages import AnnotateStage, InitStage, PseudoStage, SegmentStage
 from jobs.tracking import TrialRun
 
 log = logging.getLogger(__name__)
@@ -38,8 +38,10 @@ class SweepContext:
 def trial_from(config: dict[str, Any], n_init: int) -> TrialConfig:
     arm = config["arm"]
     beta = None if arm.get("beta") is None else float(arm["beta"])
+    frac = config.get("pool_fraction")
     return TrialConfig(N=int(config["N"]), beta=beta, seed=int(config["seed"]),
-                       mode=str(arm["mode"]), n_init=n_init)
+                       mode=str(arm["mode"]), n_init=n_init,
+                       pool_fraction=None if frac is None else float(frac))
 
 
 def init_spec(cfg: SweepConfig, trial: TrialConfig) -> dict[str, Any]:
@@ -108,33 +110,48 @@ def run_trial(config: dict[str, Any], ctx: SweepContext,
     i_spec = init_spec(cfg, trial)
     job_ids: list[str] = []
     row: dict[str, Any] = {**trial.to_flat_dict(), "trial": trial.key,
-                           "mlflow_run_id": run.run_id}
+                           "mlflow_run_id": run.run_id,
+                           "iou_schedule": cfg.section("train").get("iou_schedule"),
+                           "iou_target": cfg.section("loss").get("iou_target")}
     stages: list[dag.StageResult] = []
+
+    def stage(kind: str, spec: dict[str, Any], job_cls: type) -> dag.StageResult:
+        result = dag.ensure(sweep_dir, kind, spec, lambda d: job_cls(spec, d), executor,
+                            on_metrics)
+        stages.append(result)
+        job_ids.extend(j for j in result.job_ids if j not in job_ids)
+        run.tag("slurm_job_id", ",".join(job_ids))
+        return result
+
     try:
         budget_s = _budget(cfg, trial)
-        init = dag.ensure(sweep_dir, "init", i_spec, lambda d: InitStage(i_spec, d),
-                          executor, on_metrics)
-        stages.append(init)
-        job_ids += init.job_ids
+        init = stage("init", i_spec, InitStage)
         init_ids, selected = select_images(init.dir, trial)
         ann_spec = {**i_spec, "train_ids": sorted(init_ids + selected)}
         records.write(sweep_dir, "selections", trial.key, [
             {"trial": trial.key, "image_id": i, "rank": r, "mode": trial.mode}
             for r, i in enumerate(selected)])
-        ann = dag.ensure(sweep_dir, "annotate", ann_spec,
-                         lambda d: AnnotateStage(ann_spec, d), executor, on_metrics)
-        stages.append(ann)
-        job_ids += ann.job_ids
-        run.tag("slurm_job_id", ",".join(job_ids))
-        row.update(status="COMPLETED", ap50=ann.result["ap50"], mae=ann.result["mae"],
-                   budget_s=budget_s, budget_days=budget_s / 86400.0,
-                   log_path=str(ann.dir))
-        run.metrics({"ap50": row["ap50"], "mae": row["mae"], "init_ap50": init.result["ap50"],
-                     "budget_days": row["budget_days"]})
+        ann = stage("annotate", ann_spec, AnnotateStage)
+        row.update(ap50=ann.result["ap50"], mae=ann.result["mae"], budget_s=budget_s,
+                   budget_days=budget_s / 86400.0, log_path=str(ann.dir))
+        metrics = {"ap50": row["ap50"], "mae": row["mae"], "init_ap50": init.result["ap50"],
+                   "budget_days": row["budget_days"]}
+        if trial.pool_fraction is not None:
+            pseudo = stage("pseudo", {**ann_spec, "annotate_dir": str(ann.dir)}, PseudoStage)
+            n_pseudo = round(trial.pool_fraction * cfg.data.n_additional)
+            seg = stage("segment", {**ann_spec, "pseudo_dir": str(pseudo.dir),
+                                    "n_pseudo": n_pseudo}, SegmentStage)
+            seg_s = _budget(cfg, trial, n_additional=n_pseudo)
+            row.update(seg_ap50=seg.result["ap50"], seg_budget_s=seg_s,
+                       seg_budget_days=seg_s / 86400.0, log_path=str(seg.dir))
+            metrics.update(seg_ap50=row["seg_ap50"], pseudo_iou=pseudo.result["pseudo_iou"],
+                           seg_budget_days=row["seg_budget_days"])
+        row["status"] = "COMPLETED"
+        run.metrics(metrics)
         _log_artifacts(run, sweep_dir, trial, selected)
         status = "FINISHED"
     except dag.StageFailed as err:
-        job_ids += [j for j in err.job_ids if j not in job_ids]
+        job_ids.extend(j for j in err.job_ids if j not in job_ids)
         row.update(status="FAILED", error=str(err), log_path=err.log_path)
         status = "FAILED"
     except Exception as err:  # a bug must not stop the sweep: record it with its trace
@@ -142,8 +159,6 @@ def run_trial(config: dict[str, Any], ctx: SweepContext,
                    log_path=traceback.format_exc()[-2000:])
         status = "FAILED"
     row.update(slurm_job_ids=",".join(job_ids), wall_s=time.time() - t0)
-    if job_ids:
-        run.tag("slurm_job_id", ",".join(job_ids))
     _write_epochs(sweep_dir, trial, stages)
     records.write(sweep_dir, "trials", trial.key, [row])
     run.end(status)
@@ -165,13 +180,17 @@ def _log_artifacts(run: TrialRun, sweep_dir: Path, trial: TrialConfig,
         run.artifact(path)
 
 
-def _budget(cfg: SweepConfig, trial: TrialConfig) -> float:
-    """Annotation cost: N masks, plus IL+C labels for the rest of the pool whenever the
-    selection needs the pool scored (every mode but random)."""
-    from basis.budget import annotation_budget
+def _budget(cfg: SweepConfig, trial: TrialConfig, n_additional: int | None = None) -> float:
+    """Annotation cost in seconds: N masks, plus IL+C labels for the rest of the pool
+    whenever the selection needs the pool scored (every mode but random), plus IL+C
+    labels for the ``n_additional`` pseudo-labelled images (segmentation network)."""
+    from basis.budget import annotation_budget, segmentation_budget
 
     strategy = "random" if trial.mode == "random" else "closest"
-    return annotation_budget(trial.N, selection=strategy, pool_size=cfg.data.n_pool).seconds
+    if n_additional is None:
+        return annotation_budget(trial.N, strategy, pool_size=cfg.data.n_pool).seconds
+    return segmentation_budget(trial.N, n_additional, strategy,
+                               pool_size=cfg.data.n_pool).seconds
 
 
 def _write_epochs(sweep_dir: Path, trial: TrialConfig, stages: list[dag.StageResult]) -> None:

@@ -19,8 +19,8 @@ from typing import Sequence
 import numpy as np
 import torch
 from scipy import ndimage
-from torch.utils.data import Dataset
 
+from basis.data.base import InstanceDataset, Transform
 from basis.types import Sample
 
 SHAPES = ("ellipse", "rectangle", "triangle", "diamond")
@@ -77,17 +77,20 @@ def class_colour(c: int, n_classes: int) -> np.ndarray:
     return np.asarray(colorsys.hsv_to_rgb(h, s, v), dtype=np.float32)
 
 
-class SyntheticShapes(Dataset):
+class SyntheticShapes(InstanceDataset):
     """A reproducible synthetic instance-segmentation dataset.
 
     Args:
         cfg: drawing parameters.
         seed: data seed; with an image id it fixes the item completely.
         ids: image ids of the items, in order (``self[i]`` has ``image_id == ids[i]``).
+        transform: applied by ``__getitem__`` (see `basis.data.transforms`).
     """
 
-    def __init__(self, cfg: SyntheticConfig, seed: int, ids: Sequence[int]) -> None:
+    def __init__(self, cfg: SyntheticConfig, seed: int, ids: Sequence[int],
+                 transform: Transform | None = None) -> None:
         self.cfg = cfg
+        self.transform = transform
         self.seed = int(seed)
         self.ids = [int(i) for i in ids]
         n = cfg.image_size
@@ -99,15 +102,12 @@ class SyntheticShapes(Dataset):
         p_multi = 1.0 - np.exp(-self._lam_objects)
         self._lam_classes = max(cfg.mean_classes - 1.0, 0.0) / max(p_multi, 1e-6)
 
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, i: int) -> Sample:
+    def load(self, i: int) -> Sample:
         return self.draw(self.ids[i])
 
     def subset(self, ids: Sequence[int]) -> "SyntheticShapes":
         """The same data restricted to (or extended to) the given image ids."""
-        return SyntheticShapes(self.cfg, self.seed, ids)
+        return SyntheticShapes(self.cfg, self.seed, ids, self.transform)
 
     # -- drawing -------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ BACKBONES: dict[str, tuple[int, ...]] = {
     "resnet50": (64, 256, 512, 1024, 2048),
     "resnet101": (64, 256, 512, 1024, 2048),
 }
+IOU_POOLS = ("avg", "avg+mask")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -45,6 +46,13 @@ class ModelConfig:
         iou_head: add the IoU prediction branch (IoU-W-RSIS).
         encoder_weights: local path of a torchvision ResNet state dict to start the
             encoder from (nothing is downloaded); None for random initialisation.
+        iou_pool: what the IoU branch pools from every decoder resolution. "avg"
+            (default, the paper's Fig. 3): global average pooling of each ConvLSTM
+            cell's hidden state. "avg+mask": also a pooling weighted by the step's
+            predicted mask (resized to the cell) and two statistics of the mask itself
+            (mean probability, and mean probability inside the mask), so the branch
+            sees the object it is rating and not only the whole-image context. The
+            mask weights are detached: the IoU branch never changes the masks.
     """
 
     backbone: str = "resnet18"
@@ -54,6 +62,11 @@ class ModelConfig:
     weak: bool = True
     iou_head: bool = True
     encoder_weights: str | None = None
+    iou_pool: str = "avg"
+
+    def __post_init__(self) -> None:
+        if self.iou_pool not in IOU_POOLS:
+            raise ValueError(f"iou_pool={self.iou_pool!r} not in {IOU_POOLS}")
 
 
 @dataclass
@@ -67,12 +80,15 @@ class RSISOutput:
             (RSIS convention: inference goes on while it is above 0.5).
         iou: (B, T) predicted mask quality in IoU *target* space (see
             `basis.losses.iou_target_transform`), in [0, 1]; zeros without an IoU head.
+        iou_features: (B, T, F) the IoU branch's input (``iou == RSIS.iou_from_features
+            (iou_features)``), None without an IoU head. The freeze schedule caches it.
     """
 
     mask_logits: torch.Tensor
     class_logits: torch.Tensor
     stop_logits: torch.Tensor
     iou: torch.Tensor
+    iou_features: torch.Tensor | None = None
 
 
 class ConvLSTMCell(nn.Module):
@@ -212,7 +228,8 @@ class RSIS(nn.Module):
         feat = sum(self.cell_dims)
         self.fc_class = nn.Linear(feat, cfg.n_classes + 1)
         self.fc_stop = nn.Linear(feat, 1)
-        self.fc_iou = nn.Linear(feat, 1) if cfg.iou_head else None
+        iou_feat = feat if cfg.iou_pool == "avg" else 2 * feat + 2
+        self.fc_iou = nn.Linear(iou_feat, 1) if cfg.iou_head else None
 
     def iou_parameters(self) -> list[nn.Parameter]:
         """The parameters of the IoU branch (empty without one)."""
@@ -220,6 +237,18 @@ class RSIS(nn.Module):
 
     def encoder_parameters(self) -> list[nn.Parameter]:
         return list(self.encoder.parameters())
+
+    def iou_from_features(self, feats: torch.Tensor) -> torch.Tensor:
+        """The IoU branch's FC on pooled features.
+
+        Args:
+            feats: (..., F) as in `RSISOutput.iou_features`.
+
+        Returns:
+            (...) predicted IoU in target space, in [0, 1].
+        """
+        assert self.fc_iou is not None, "model has no IoU branch"
+        return torch.sigmoid(self.fc_iou(feats)[..., 0])
 
     def forward(self, images: torch.Tensor, class_seq: torch.Tensor | None = None) -> RSISOutput:
         """Segment T instances per image.
@@ -247,10 +276,11 @@ class RSIS(nn.Module):
             onehot = F.one_hot(class_seq.clamp(min=0), cfg.n_classes + 1)[..., 1:].to(images.dtype)
 
         states: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(self.cells)
-        masks, classes, stops, ious = [], [], [], []
+        masks, classes, stops, feats = [], [], [], []
+        mask_pool = self.fc_iou is not None and cfg.iou_pool == "avg+mask"
         for t in range(t_steps):
             x = skips[0]
-            maxp, avgp = [], []
+            maxp, hids = [], []
             for i, cell in enumerate(self.cells):
                 if class_seq is not None:
                     cls = onehot[:, t, :, None, None].expand(-1, -1, *x.shape[-2:])
@@ -258,26 +288,37 @@ class RSIS(nn.Module):
                 hid, cell_state = cell(x, states[i])
                 states[i] = (hid, cell_state)
                 maxp.append(hid.amax(dim=(2, 3)))
-                avgp.append(hid.mean(dim=(2, 3)))
+                hids.append(hid)
                 if i + 1 < len(self.cells):
                     nxt = skips[i + 1]
                     x = torch.cat([F.interpolate(hid, size=nxt.shape[-2:], mode="bilinear",
                                                  align_corners=False), nxt], 1)
                 else:
                     x = F.interpolate(hid, size=(h, w), mode="bilinear", align_corners=False)
-            masks.append(self.conv_out(x)[:, 0])
+            mask_t = self.conv_out(x)[:, 0]
+            masks.append(mask_t)
             side = torch.cat(maxp, 1)
             classes.append(self.fc_class(side))
             stops.append(self.fc_stop(side)[:, 0])
             if self.fc_iou is not None:
                 # Paper Fig. 3: decoder features at every resolution, global *average*
                 # pooled, concatenated, one FC.
-                ious.append(torch.sigmoid(self.fc_iou(torch.cat(avgp, 1))[:, 0]))
-            else:
-                ious.append(images.new_zeros(b))
+                pooled = [hd_.mean(dim=(2, 3)) for hd_ in hids]
+                if mask_pool:
+                    prob = torch.sigmoid(mask_t.detach())[:, None]  # (B, 1, H, W)
+                    for hd_ in hids:
+                        wgt = F.adaptive_avg_pool2d(prob, hd_.shape[-2:])
+                        pooled.append((hd_ * wgt).sum((2, 3)) / wgt.sum((2, 3)).clamp(min=1e-6))
+                    inside = (prob * prob).sum((1, 2, 3)) / prob.sum((1, 2, 3)).clamp(min=1e-6)
+                    pooled.append(torch.stack([prob.mean((1, 2, 3)), inside], 1))
+                feats.append(torch.cat(pooled, 1))
+        iou_features = torch.stack(feats, 1) if feats else None
+        iou = (self.iou_from_features(iou_features) if iou_features is not None
+               else images.new_zeros(b, t_steps))
         return RSISOutput(
             mask_logits=torch.stack(masks, 1),
             class_logits=torch.stack(classes, 1),
             stop_logits=torch.stack(stops, 1),
-            iou=torch.stack(ious, 1),
+            iou=iou,
+            iou_features=iou_features,
         )

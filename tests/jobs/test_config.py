@@ -47,5 +47,18 @@ def test_trial_key_and_flat_dict():
     t = TrialConfig(N=40, beta=0.3, seed=1, mode="predicted", n_init=20)
     assert t.key == "predicted-b0.30-N40-s1"
     assert t.to_flat_dict() == {"N": 40, "beta": 0.3, "seed": 1, "mode": "predicted",
-                                "n_init": 20}
+                                "n_init": 20, "pool_fraction": None}
+    assert TrialConfig(40, 0.3, 1, "predicted", 20, 0.5).key == "predicted-b0.30-N40-s1-f0.50"
     assert TrialConfig(40, None, 0, "random", 20).key == "random-bnone-N40-s0"
+
+
+def test_segment_axis_and_its_checks():
+    raw = {"name": "t", "data": {"n_pool": 100, "n_additional": 50},
+           "study": {"segment": True, "pool_fractions": [1.0, 0.5]}}
+    cfg = SweepConfig.from_dict(raw)
+    assert cfg.n_trials() == 2 * len(cfg.arms()) * len(cfg.study.N)
+    assert {t.pool_fraction for t in cfg.trials()} == {1.0, 0.5}
+    with pytest.raises(ConfigError, match="n_additional"):
+        SweepConfig.from_dict({**raw, "data": {"n_pool": 100}})
+    with pytest.raises(ConfigError, match="pool_fractions"):
+        SweepConfig.from_dict({**raw, "study": {"segment": True, "pool_fractions": [0]}})

@@ -84,14 +84,21 @@ def test_sweep_on_local_slurm_with_ddp(slurm_cluster, tmp_path):
 
 
 @pytest.mark.slow
-def test_sweep_on_local_executor_resumes_without_rework(tmp_path):
+def test_detached_sweep_on_local_executor_then_resume_without_rework(tmp_path):
     sweep = tmp_path / "sweep"
-    basis("sweep", str(CONFIG), "--profile", "local", "--sweep-dir", str(sweep))
+    out = basis("sweep", str(CONFIG), "--profile", "local", "--sweep-dir", str(sweep),
+                "--detach", timeout=60)
+    assert "runs detached" in out.stdout and (sweep / "driver.pid").exists()
+    pid = int((sweep / "driver.pid").read_text())
+    deadline = time.time() + 600
+    while time.time() < deadline and _alive(pid):
+        time.sleep(2)
+    assert not _alive(pid), "the detached driver did not finish in 10 minutes"
     check_records(sweep, n_trials=4)
     stamps = {p: p.stat().st_mtime for p in (sweep / "stages").rglob("DONE")}
     assert 2 <= len(stamps) <= 5
-    # the same command again: every trial and stage is found done, nothing re-runs
-    out = basis("sweep", str(CONFIG), "--profile", "local", "--sweep-dir", str(sweep))
+    # resume: every trial and stage is found done, nothing re-runs
+    out = basis("sweep", "--resume", str(sweep))
     assert {p: p.stat().st_mtime for p in (sweep / "stages").rglob("DONE")} == stamps
     _, runs = mlflow_children(sweep)
     assert len(runs) == 4
@@ -101,12 +108,7 @@ def test_sweep_on_local_executor_resumes_without_rework(tmp_path):
 
 
 def _alive(pid: int) -> bool:
-    try:
-        waited, _ = os.waitpid(pid, os.WNOHANG)   # reap it if it was our grandchild
-        if waited:
-            return False
-    except ChildProcessError:
-        pass
+    """True while ``pid`` runs (a zombie counts as ended: init here does not reap)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -124,3 +126,29 @@ def test_config_error_is_caught_before_any_submission(tmp_path):
     assert out.returncode == 2
     assert "study.beta=1.6 is outside [0, 1]" in out.stderr
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.slow
+def test_segmentation_network_on_strong_and_pseudo_labels(tmp_path):
+    from analysis.io import read
+    from analysis.tables import render
+
+    sweep = tmp_path / "sweep"
+    basis("sweep", str(HERE / "sweep_segment.yaml"), "--sweep-dir", str(sweep))
+    trials = read(sweep, "trials").sort_values("pool_fraction")
+    assert trials["status"].tolist() == ["COMPLETED", "COMPLETED"], trials["error"].tolist()
+    assert trials["pool_fraction"].tolist() == [0.5, 1.0]
+    assert all(0.0 <= a <= 1.0 for a in trials["seg_ap50"])
+    # the budget grows by the IL+C labels of the pseudo-labelled images: 8 more × 22.22 s
+    extra = trials["seg_budget_s"].diff().iloc[-1]
+    assert extra == pytest.approx(8 * 22.22, abs=0.01)
+    # one pseudo stage shared by both fractions, one segment stage each
+    kinds = sorted(p.parent.name.split("-")[0] for p in (sweep / "stages").glob("*/DONE"))
+    assert kinds == ["annotate", "init", "pseudo", "segment", "segment"]
+    pseudo = json.loads(next((sweep / "stages").glob("pseudo-*/result.json")).read_text())
+    assert pseudo["n_images"] == 16
+    # images whose pseudo-masks are all empty are left out (after 2 epochs most are)
+    seg_dirs = trials["log_path"].tolist()
+    n_pseudo = [json.loads((Path(d) / "result.json").read_text())["n_pseudo"] for d in seg_dirs]
+    assert n_pseudo[0] <= 8 and n_pseudo[1] <= 16 and n_pseudo[0] <= n_pseudo[1]
+    assert "Segmentation network" in render(sweep, table=5)

@@ -1,0 +1,241 @@
+"""The paper's figures from a sweep's Parquet results (matplotlib, Agg canvas, no pyplot
+state, so importing this never changes the caller's backend).
+
+* `ap_vs_beta`: AP@0.5 vs β, one line per N with a ±std band (ddof=1 over seeds) and the
+  random baseline of the same N as a dashed horizontal line; oracle and predicted
+  panels side by side (a mode the sweep lacks is a grey panel saying so).
+* `subsets` (Fig. 5): per β, the mean number of objects per image and the mean object
+  size of the selected images (bars per N, ±std over the images), the whole pool's mean
+  as a dotted line; oracle and predicted columns.
+* `image_grid` (Fig. 6): the first selected images per β, only when the sweep saved
+  image files (``SWEEP/images/<image_id>.png`` or ``SWEEP/stages/*/images/``).
+
+Each function writes ``<stem>.png`` (``dpi`` 100, the size given in pixels below) and
+``<stem>.pdf`` and returns both paths.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+MODES = ("oracle", "predicted")
+DPI = 100
+#: (width, height) in pixels of each figure's PNG.
+SIZES = {"ap_vs_beta": (1000, 420), "subsets": (1000, 700), "image_grid": None}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def _figure(size: tuple[int, int]) -> Figure:
+    fig = Figure(figsize=(size[0] / DPI, size[1] / DPI), dpi=DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, stem: Path) -> list[Path]:
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+    for p in paths:
+        fig.savefig(p, dpi=DPI)  # no bbox_inches="tight": the PNG keeps its stated size
+    return paths
+
+
+def _colors(ns: list[int]) -> dict[int, tuple]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["viridis"]
+    return {n: cmap(0.15 + 0.7 * i / max(len(ns) - 1, 1)) for i, n in enumerate(ns)}
+
+
+def _grey(ax, text: str) -> None:
+    ax.set_facecolor("0.93")
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes,
+            color="0.35", wrap=True)
+    # tick_params, not set_yticks([]): the latter would clear a shared axis too
+    ax.tick_params(left=False, bottom=False, labelleft=False, labelbottom=False)
+
+
+def _same_ylim(axes: list) -> None:
+    """One y range over the panels that hold data (a grey panel keeps its own)."""
+    live = [ax for ax in axes if ax.has_data()]
+    if len(live) > 1:
+        lo = min(ax.get_ylim()[0] for ax in live)
+        hi = max(ax.get_ylim()[1] for ax in live)
+        for ax in live:
+            ax.set_ylim(lo, hi)
+
+
+def _mean_std(values: pd.Series) -> tuple[float, float]:
+    v = values.dropna().astype(float)
+    if v.empty:
+        return math.nan, math.nan
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def ap_vs_beta(trials: pd.DataFrame, stem: str | Path, metric: str = "ap50",
+               scale: float = 100.0) -> list[Path]:
+    """AP vs β per N, oracle | predicted, random baseline dashed."""
+    ok = trials[trials["status"] == "COMPLETED"]
+    ns = sorted(int(n) for n in trials["N"].dropna().unique())
+    colors = _colors(ns)
+    fig = _figure(SIZES["ap_vs_beta"])
+    axes = fig.subplots(1, 2)
+    ylabel = "AP@0.5 (%)" if metric == "ap50" else f"{metric} ×{scale:g}"
+    for ax, mode in zip(axes, MODES):
+        ax.set_title(f"{mode} IoU")
+        sel = ok[ok["mode"] == mode]
+        if not (trials["mode"] == mode).any():
+            _grey(ax, f"no {mode} trials\nin this sweep")
+            continue
+        for n in ns:
+            part = sel[sel["N"] == n]
+            betas = sorted(part["beta"].dropna().unique())
+            stats = [_mean_std(part.loc[part["beta"] == b, metric]) for b in betas]
+            mean = np.array([s[0] for s in stats]) * scale
+            std = np.array([s[1] for s in stats]) * scale
+            if len(betas):
+                ax.plot(betas, mean, "o-", color=colors[n], label=f"N = {n}")
+                ax.fill_between(betas, mean - std, mean + std, color=colors[n], alpha=0.2,
+                                linewidth=0)
+            rnd = ok[(ok["mode"] == "random") & (ok["N"] == n)]
+            r_mean, _ = _mean_std(rnd[metric])
+            if not math.isnan(r_mean):
+                ax.axhline(r_mean * scale, color=colors[n], linestyle="--", linewidth=1.2,
+                           label=f"random, N = {n}")
+        ax.set_xlabel("β (target image IoU score)")
+        ax.set_ylabel(ylabel)
+        ax.set_xlim(-0.05, 1.05)
+        ax.margins(y=0.12)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+    _same_ylim(list(axes))
+    fig.suptitle("AP@0.5 vs β: mean ± std over seeds; dashed: random selection")
+    fig.tight_layout()
+    return _save(fig, Path(stem))
+
+
+def selected_subsets(trials: pd.DataFrame, selections: pd.DataFrame,
+                     scores: pd.DataFrame) -> pd.DataFrame:
+    """Selected images joined with their trial (N, β, seed, mode) and their pool
+    statistics (``n_objects``, ``mean_object_area``) from ``image_scores``."""
+    cols = ["trial", "N", "beta", "seed"]
+    sel = selections.drop(columns=[c for c in ("N", "beta", "seed") if c in selections])
+    joined = sel.merge(trials[cols], on="trial", how="inner")
+    keys = ["image_id", "seed"] if "seed" in scores.columns else ["image_id"]
+    stats = scores[keys + ["n_objects", "mean_object_area"]].drop_duplicates(keys)
+    return joined.merge(stats, on=keys, how="inner")
+
+
+def subsets(trials: pd.DataFrame, selections: pd.DataFrame, scores: pd.DataFrame,
+            stem: str | Path) -> list[Path]:
+    """Fig. 5: objects per image and mean object size of each β's selection."""
+    data = selected_subsets(trials, selections, scores)
+    pool = scores[~scores["in_init"].fillna(False).astype(bool)] \
+        if "in_init" in scores.columns else scores
+    ns = sorted(int(n) for n in trials["N"].dropna().unique())
+    colors = _colors(ns)
+    fig = _figure(SIZES["subsets"])
+    axes = fig.subplots(2, 2)
+    quantities = [("n_objects", "objects per image"),
+                  ("mean_object_area", "mean object size (fraction of image)")]
+    rnd = data[data["mode"] == "random"]
+    for j, mode in enumerate(MODES):
+        part = data[data["mode"] == mode]
+        for i, (col, label) in enumerate(quantities):
+            ax = axes[i, j]
+            if i == 0:
+                ax.set_title(f"{mode} IoU")
+            if part.empty:
+                _grey(ax, f"no {mode} selections\nin this sweep")
+                continue
+            betas = sorted(part["beta"].dropna().unique())
+            cats = (["random"] if not rnd.empty else []) + [f"{b:.1f}" for b in betas]
+            x = np.arange(len(cats))
+            width = 0.8 / max(len(ns), 1)
+            for k, n in enumerate(ns):
+                means, stds = [], []
+                groups = ([rnd[rnd["N"] == n]] if not rnd.empty else []) + \
+                    [part[(part["N"] == n) & (part["beta"] == b)] for b in betas]
+                for g in groups:
+                    m, s = _mean_std(g[col])
+                    means.append(m)
+                    stds.append(s)
+                ax.bar(x - 0.4 + width * (k + 0.5), means, width, yerr=stds,
+                       color=colors[n], label=f"N = {n}", capsize=2,
+                       error_kw={"elinewidth": 0.8})
+            pool_mean = float(pool[col].mean()) if not pool.empty else math.nan
+            if not math.isnan(pool_mean):
+                ax.axhline(pool_mean, color="0.3", linestyle=":", linewidth=1.2,
+                           label="pool mean")
+            ax.set_xticks(x)
+            ax.set_xticklabels(cats)
+            ax.grid(axis="y", alpha=0.3)
+            ax.set_ylabel(label)
+            if i == 1:
+                ax.set_xlabel("β (selection target)")
+            if i == 0:
+                ax.legend(fontsize=8)
+    for row in axes:
+        _same_ylim(list(row))
+    fig.suptitle("Selected subsets (Fig. 5): mean ± std over the selected images")
+    fig.tight_layout()
+    return _save(fig, Path(stem))
+
+
+def image_files(sweep: str | Path) -> dict[int, Path]:
+    """image_id → a saved image file, from ``SWEEP/images/`` or ``SWEEP/stages/*/images/``
+    (files named ``<image_id>.png``/``.jpg``); empty when the jobs saved none."""
+    sweep = Path(sweep)
+    out: dict[int, Path] = {}
+    for folder in [sweep / "images", *sorted(sweep.glob("stages/*/images"))]:
+        if not folder.is_dir():
+            continue
+        for p in sorted(folder.iterdir()):
+            if p.suffix.lower() in IMAGE_SUFFIXES and p.stem.isdigit():
+                out.setdefault(int(p.stem), p)
+    return out
+
+
+def image_grid(trials: pd.DataFrame, selections: pd.DataFrame, files: dict[int, Path],
+               stem: str | Path, per_row: int = 6) -> list[Path] | None:
+    """Fig. 6: the ``per_row`` first-ranked selected images of each β (predicted mode,
+    else oracle; largest N, first seed). ``None`` when no selected image has a file."""
+    from matplotlib.image import imread
+
+    if not files or selections.empty:
+        return None
+    mode = "predicted" if (selections["mode"] == "predicted").any() else "oracle"
+    sel = selections[selections["mode"] == mode].merge(
+        trials[["trial", "N", "beta", "seed"]], on="trial")
+    if sel.empty:
+        return None
+    sel = sel[(sel["N"] == sel["N"].max()) & (sel["seed"] == sel["seed"].min())]
+    betas = sorted(sel["beta"].dropna().unique())
+    rows = []
+    for b in betas:
+        ids = [int(i) for i in sel[sel["beta"] == b].sort_values("rank")["image_id"]
+               if int(i) in files][:per_row]
+        rows.append((b, ids))
+    if not any(ids for _, ids in rows):
+        return None
+    fig = _figure((150 * per_row + 60, 150 * len(rows) + 40))
+    axes = np.atleast_2d(fig.subplots(len(rows), per_row, squeeze=False))
+    for r, (b, ids) in enumerate(rows):
+        for c in range(per_row):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c < len(ids):
+                ax.imshow(imread(files[ids[c]]))
+            else:
+                ax.axis("off")
+            if c == 0:
+                ax.set_ylabel(f"β = {b:.1f}")
+    fig.suptitle(f"Selected images per β ({mode} IoU, N = {int(sel['N'].max())})")
+    fig.tight_layout()
+    return _save(fig, Path(stem))
