@@ -49,7 +49,11 @@ def build(section: str, values: Mapping[str, Any]) -> Any:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Which images: the synthetic default (the only kind so far) and the split sizes."""
+    """Which images (see `jobs.data`): ``synthetic`` (the default), ``voc_sbd`` or ``coco``.
+
+    For synthetic data the split sizes are settings; for real data they are read from
+    disk when the sweep starts (`SweepConfig.resolved`) and recorded in its config.yaml.
+    """
 
     kind: str = "synthetic"
     n_pool: int = 240          # the strong pool selection draws from (VOC12 train: 1464)
@@ -57,6 +61,20 @@ class DataConfig:
     n_additional: int = 0      # weakly labelled pool to pseudo-label (SBD: 9118)
     data_seed: int = 0         # identity of the synthetic dataset, not a trial seed
     synthetic: Mapping[str, Any] = field(default_factory=dict)  # SyntheticConfig fields
+    image_size: int = 256      # real images are resized to this (RSIS: 256×256)
+    voc_root: str | None = None        # VOCdevkit/VOC2012 (voc_sbd)
+    sbd_root: str | None = None        # benchmark_RELEASE/dataset (voc_sbd)
+    coco_train: str | None = None      # COCO JSON of the strong pool (coco)
+    coco_test: str | None = None       # COCO JSON of the test images (coco)
+    coco_additional: str | None = None  # COCO JSON of the additional pool (coco, optional)
+    image_root: str | None = None      # folder of the COCO images
+    sizes_from_disk: bool = False      # set by `SweepConfig.resolved` for real data
+
+    def paths(self) -> dict[str, str | None]:
+        """The path fields the kind needs → their values."""
+        need = {"synthetic": (), "voc_sbd": ("voc_root", "sbd_root"),
+                "coco": ("coco_train", "coco_test")}[self.kind]
+        return {k: getattr(self, k) for k in need}
 
 
 @dataclass(frozen=True)
@@ -115,26 +133,25 @@ class SweepConfig:
     def validate(self) -> None:
         """Raise `ConfigError` on anything that would fail later in a job."""
         s, d = self.study, self.data
-        if d.kind != "synthetic":
-            raise ConfigError(f"data.kind={d.kind!r}; allowed: synthetic")
+        kinds = ("synthetic", "voc_sbd", "coco")
+        if d.kind not in kinds:
+            raise ConfigError(f"data.kind={d.kind!r}; allowed: {', '.join(kinds)}")
+        for key, path in d.paths().items():
+            if not path:
+                raise ConfigError(f"data.{key} is required for data.kind={d.kind}")
+            if not Path(path).exists():
+                raise ConfigError(f"data.{key}={path} does not exist")
+        if d.kind != "synthetic" and not d.sizes_from_disk:
+            return self._validate_sections()   # sizes are checked once read from disk
         for key in ("n_pool", "n_test"):
             if getattr(d, key) < 1:
                 raise ConfigError(f"data.{key}={getattr(d, key)} must be ≥ 1")
-        bad_modes = [m for m in s.modes if m not in MODES or m == "random"]
-        if bad_modes:
-            raise ConfigError(f"study.modes has {bad_modes}; allowed: predicted, oracle "
-                              "(random is study.random_baseline)")
-        for b in s.beta:
-            if not 0.0 <= float(b) <= 1.0:
-                raise ConfigError(f"study.beta={b} is outside [0, 1]")
         if not 1 <= s.n_init < d.n_pool:
             raise ConfigError(f"study.n_init={s.n_init} must be in [1, data.n_pool={d.n_pool})")
         for n in s.N:
             if not s.n_init < n <= d.n_pool:
                 raise ConfigError(f"study.N={n} must be in (study.n_init={s.n_init}, "
                                   f"data.n_pool={d.n_pool}]")
-        if not s.seed:
-            raise ConfigError("study.seed is empty")
         if s.segment:
             if d.n_additional < 1:
                 raise ConfigError("study.segment needs data.n_additional ≥ 1 images to "
@@ -144,7 +161,21 @@ class SweepConfig:
                     raise ConfigError(f"study.pool_fractions has {f}; allowed: (0, 1]")
         if not s.modes and not s.random_baseline:
             raise ConfigError("study has no modes and no random baseline: nothing to run")
-        n_classes = build("data", self.data.synthetic).n_classes
+        self._validate_sections()
+
+    def _validate_sections(self) -> None:
+        """The checks that need no split sizes."""
+        s = self.study
+        if not s.seed:
+            raise ConfigError("study.seed is empty")
+        bad_modes = [m for m in s.modes if m not in MODES or m == "random"]
+        if bad_modes:
+            raise ConfigError(f"study.modes has {bad_modes}; allowed: predicted, oracle "
+                              "(random is study.random_baseline)")
+        for b in s.beta:
+            if not 0.0 <= float(b) <= 1.0:
+                raise ConfigError(f"study.beta={b} is outside [0, 1]")
+        n_classes = self.n_classes()
         if self.model.get("n_classes", n_classes) != n_classes:
             raise ConfigError(f"model.n_classes={self.model['n_classes']} differs from the "
                               f"data's n_classes={n_classes}; leave it out, it is taken "
@@ -157,8 +188,26 @@ class SweepConfig:
         if name == "data":
             return dict(self.data.synthetic)
         if name == "model":   # the model predicts the data's classes
-            return {**self.model, "n_classes": build("data", self.data.synthetic).n_classes}
+            return {**self.model, "n_classes": self.n_classes()}
         return dict(getattr(self, name))
+
+    def n_classes(self) -> int:
+        from jobs.data import n_classes
+
+        return n_classes(self.to_dict()["data"])
+
+    def resolved(self) -> "SweepConfig":
+        """The config with a real dataset's split sizes read from disk, re-validated
+        (so N larger than the pool is caught before anything is submitted)."""
+        if self.data.kind == "synthetic":
+            return self
+        from jobs.data import resolve_sizes
+
+        sizes = resolve_sizes(self.to_dict()["data"])
+        cfg = dataclasses.replace(self, data=dataclasses.replace(self.data, **sizes,
+                                                                 sizes_from_disk=True))
+        cfg.validate()
+        return cfg
 
     def arms(self) -> list[dict[str, Any]]:
         """The selection arms of the grid: one per (mode, β), plus random."""

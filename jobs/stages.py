@@ -17,6 +17,7 @@ import submitit
 
 from hpc import atomic, distributed
 from jobs.config import build
+from jobs.data import splits as data_splits
 
 log = logging.getLogger(__name__)
 
@@ -86,11 +87,15 @@ class StageJob:
 
     # -- shared pieces -------------------------------------------------------------
     def datasets(self) -> tuple[Any, Any]:
-        from basis.data.splits import synthetic_splits
+        """(pool, test) of the stage's data spec."""
+        got = data_splits(self.spec["data"])
+        return got["pool"], got["test"]
 
-        d = self.spec["data"]
-        return synthetic_splits(build("data", d["synthetic"]), d["data_seed"], d["n_pool"],
-                                d["n_test"])
+    def additional(self) -> Any:
+        extra = data_splits(self.spec["data"])["additional"]
+        if extra is None:
+            raise ValueError("this sweep's data has no additional pool (data.n_additional)")
+        return extra
 
     def train(self, env: distributed.DistEnv, ids: list[int], pool: Any,
               model_cfg: dict[str, Any] | None = None) -> Any:
@@ -195,14 +200,11 @@ class PseudoStage(StageJob):
     def run(self, env: distributed.DistEnv) -> dict[str, Any]:
         import dataclasses
 
-        from basis.data.splits import synthetic_additional
         from basis.infer import predict
 
         if not env.is_rank0:
             return {}
-        d = self.spec["data"]
-        extra = synthetic_additional(build("data", d["synthetic"]), d["data_seed"],
-                                     d["n_additional"])
+        extra = self.additional()
         model = self.load_model(self.spec["annotate_dir"], self.spec["model"])
         preds = predict(model, extra, loss_cfg=build("loss", self.spec["loss"]))
         atomic.write_text(self.stage_dir / "pseudo.json",
@@ -219,13 +221,10 @@ class SegmentStage(StageJob):
 
     def run(self, env: distributed.DistEnv) -> dict[str, Any]:
         from basis.data.pseudo import Concat, PseudoLabelled
-        from basis.data.splits import synthetic_additional
         from basis.types import ImagePrediction
 
         pool, test = self.datasets()
-        d = self.spec["data"]
-        extra = synthetic_additional(build("data", d["synthetic"]), d["data_seed"],
-                                     d["n_additional"])
+        extra = self.additional()
         raw = json.loads((Path(self.spec["pseudo_dir"]) / "pseudo.json").read_text())
         preds = [ImagePrediction(**p) for p in raw][: int(self.spec["n_pseudo"])]
         pseudo = PseudoLabelled(extra.subset([p.image_id for p in preds]), preds)

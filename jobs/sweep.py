@@ -135,6 +135,7 @@ def run(cfg: SweepConfig, profile: ClusterProfile, sweep_dir: Path, force: bool 
         verbose: int = 1) -> dict[str, Any]:
     """Run (or resume) every trial of ``cfg``; return the sweep's meta record."""
     sweep_dir = sweep_dir.resolve()
+    cfg = cfg.resolved()
     meta = prepare(cfg, sweep_dir, force=force, profile=profile.name)
     ctx = SweepContext(str(sweep_dir), cfg.to_dict(), profile, meta["mlflow_uri"],
                        meta["experiment_id"], meta["parent_run_id"])
@@ -195,6 +196,7 @@ def detach(cfg: SweepConfig, profile: ClusterProfile, sweep_dir: Path,
     import subprocess
 
     sweep_dir = sweep_dir.resolve()
+    cfg = cfg.resolved()
     prepare(cfg, sweep_dir, force=force, profile=profile.name)
     if profile.executor == "slurm":
         from hpc.profiles import make_executor

@@ -1,0 +1,60 @@
+"""Real dataset kinds (VOC 2012 + SBD) from config to a stage, on files in the real formats."""
+from pathlib import Path
+
+import pytest
+
+from basis.data.check import synth
+from jobs.config import ConfigError, SweepConfig
+from tests.basis.datafix import make_sbd
+
+
+@pytest.fixture
+def roots(tmp_path):
+    synth(tmp_path / "voc", n=12, n_val=4, size=64, seed=0, n_classes=20)
+    names = [f"2008_{i:06d}" for i in range(5)]
+    make_sbd(tmp_path / "sbd", {"train": names[:3], "val": names[3:]})
+    return tmp_path / "voc", tmp_path / "sbd"
+
+
+def _cfg(roots, **study):
+    voc, sbd = roots
+    return SweepConfig.from_dict({
+        "name": "voc", "data": {"kind": "voc_sbd", "voc_root": str(voc), "sbd_root": str(sbd),
+                                "image_size": 64},
+        "model": {"hidden": 16, "max_steps": 4}, "train": {"epochs": 1, "iou_epochs": 1},
+        "study": {"n_init": 4, "N": [8], "beta": [0.5], **study}})
+
+
+def test_sizes_are_read_from_disk(roots):
+    cfg = _cfg(roots).resolved()
+    assert (cfg.data.n_pool, cfg.data.n_test, cfg.data.n_additional) == (12, 4, 5)
+    assert cfg.section("model")["n_classes"] == 20
+
+
+def test_real_data_errors_come_before_submission(roots, tmp_path):
+    with pytest.raises(ConfigError, match=r"study.N=40 must be in \(study.n_init=4, "
+                                          r"data.n_pool=12\]"):
+        _cfg(roots, N=[40]).resolved()
+    with pytest.raises(ConfigError, match="data.sbd_root=.*does not exist"):
+        SweepConfig.from_dict({"name": "x", "data": {
+            "kind": "voc_sbd", "voc_root": str(roots[0]), "sbd_root": str(tmp_path / "no")}})
+    with pytest.raises(ConfigError, match="data.voc_root is required"):
+        SweepConfig.from_dict({"name": "x", "data": {"kind": "voc_sbd"}})
+
+
+@pytest.mark.slow
+def test_init_stage_runs_on_voc_files(roots, tmp_path):
+    import pyarrow.parquet as pq
+
+    from jobs.config import TrialConfig
+    from jobs.stages import InitStage
+    from jobs.trial import init_spec
+
+    cfg = _cfg(roots).resolved()
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    result = InitStage(init_spec(cfg, TrialConfig(8, 0.5, 0, "predicted", 4)), stage)()
+    assert (stage / "DONE").exists() and 0.0 <= result["ap50"] <= 1.0
+    scores = pq.read_table(stage / "image_scores.parquet").to_pandas()
+    assert len(scores) == 12 and int(scores["in_init"].sum()) == 4
+    assert scores["image_id"].min() >= 0 and Path(stage / "model.pt").exists()
