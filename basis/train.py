@@ -288,6 +288,16 @@ def iou_training_set(model: RSIS, dataset: Dataset, batch_size: int = 16,
     return items
 
 
+def _sync_buffers(model: nn.Module) -> None:
+    """Copy rank 0's buffers (BatchNorm statistics) to every rank. DDP does this at the
+    start of each forward, so after the last training step the ranks' statistics
+    differ by that step's update until the next DDP forward; the IoU phase and the
+    caller see the model outside DDP."""
+    if _world()[0] > 1:
+        for buf in model.buffers():
+            dist.broadcast(buf, 0)
+
+
 def _average(sums: dict[str, float], count: int) -> dict[str, float]:
     """Per-batch mean of each metric, averaged over ranks (weighted by batch count)."""
     keys = sorted(sums)
@@ -360,6 +370,7 @@ def train(model: RSIS, dataset: Dataset, cfg: TrainConfig, loss_cfg: LossConfig 
         parts = _set_trainable(model, phase)
         if phase == "iou":
             if iou_cache is None:
+                _sync_buffers(model)
                 # Each rank fits on its shard (padded to equal sizes, so every rank
                 # takes the same number of steps); gradients are all-reduced.
                 shard = list(DistributedSampler(iou_set, num_replicas=world, rank=rank,
@@ -386,6 +397,7 @@ def train(model: RSIS, dataset: Dataset, cfg: TrainConfig, loss_cfg: LossConfig 
                  " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
         for h in hooks:
             h.after_epoch(ts, metrics)
+    _sync_buffers(model)
     model.train()
     for p in model.parameters():
         p.requires_grad_(True)

@@ -69,11 +69,20 @@ class TrialRun:
 
         self.uri = uri
         self.client = _client(uri)
-        run = self.client.create_run(
-            experiment_id, run_name=name,
-            tags={PARENT_TAG: parent_run_id, "basis.kind": "trial",
-                  **{k: str(v) for k, v in tags.items()}})
-        self.run_id: str = run.info.run_id
+        tags = {PARENT_TAG: parent_run_id, "basis.kind": "trial",
+                **{k: str(v) for k, v in tags.items()}}
+        # a trial whose driver died comes back to its own run: one run per trial
+        found = self.client.search_runs(
+            [experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}' "
+            f"and tags.trial = '{tags.get('trial', name)}'", max_results=1)
+        if found:
+            self.run_id: str = found[0].info.run_id
+            self.client.update_run(self.run_id, status="RUNNING")
+            for k, v in tags.items():
+                self.client.set_tag(self.run_id, k, v)
+            return
+        run = self.client.create_run(experiment_id, run_name=name, tags=tags)
+        self.run_id = run.info.run_id
         self.client.log_batch(self.run_id, params=[mlflow.entities.Param(k, v)
                                                    for k, v in _params(params).items()])
 

@@ -92,3 +92,25 @@ def test_seeded_init_is_reproducible_and_leaves_global_rng():
     c = RSIS(ModelConfig(**SMALL), seed=8)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert not torch.equal(a.fc_class.weight, c.fc_class.weight)
+
+
+def test_mask_weighted_iou_pooling():
+    torch.manual_seed(0)
+    model = RSIS(ModelConfig(iou_pool="avg+mask", **SMALL)).eval()
+    images = torch.rand(2, 3, 32, 32)
+    out = model(images, torch.tensor([[1, 2], [3, 0]]))
+    feat = sum(model.cell_dims)
+    assert out.iou_features.shape == (2, 2, 2 * feat + 2)
+    assert torch.allclose(out.iou, model.iou_from_features(out.iou_features))
+    # The IoU branch never sends gradients into the mask through its weights.
+    out.iou.sum().backward()
+    assert model.conv_out.weight.grad is None or not model.conv_out.weight.grad.any()
+    with pytest.raises(ValueError):
+        ModelConfig(iou_pool="max")
+
+
+def test_iou_features_are_the_average_pool_by_default():
+    torch.manual_seed(0)
+    model = RSIS(ModelConfig(**SMALL)).eval()
+    out = model(torch.rand(1, 3, 32, 32), torch.tensor([[1]]))
+    assert out.iou_features.shape == (1, 1, sum(model.cell_dims))

@@ -98,3 +98,52 @@ def test_joint_schedule_and_model_without_iou_head():
 def test_bad_schedule():
     with pytest.raises(ValueError):
         TrainConfig(iou_schedule="later")
+
+
+def test_iou_phase_targets_are_the_inference_true_ious():
+    """The IoU branch is fitted to exactly what `predict` reports as the true IoU, on
+    the features `predict`'s forward pass computes (eval mode, class-id order)."""
+    from basis.infer import predict
+    from basis.train import iou_training_set
+
+    model = _fresh_model()
+    train(model, DATA, TrainConfig(epochs=1, iou_epochs=0, batch_size=2))
+    items = iou_training_set(model, DATA, batch_size=3)
+    preds = predict(model, DATA, batch_size=2)
+    assert model.training  # restored
+    for (feats, target), p in zip(items, preds):
+        assert feats.shape == (len(p.iou_true), model.fc_iou.in_features)
+        assert target.tolist() == pytest.approx(p.iou_true)
+        assert model.iou_from_features(feats).tolist() == pytest.approx(
+            [v ** 0.5 for v in p.iou_pred], abs=1e-5)
+
+
+def test_iou_phase_fits_the_branch():
+    """A few hundred cached steps bring the IoU L1 loss well below its first value."""
+    cfg = TrainConfig(epochs=1, iou_epochs=3, iou_passes=40, batch_size=2)
+    ts = train(_fresh_model(), DATA, cfg)
+    ious = [h["iou"] for h in ts.history if h["phase_iou"] == 1.0]
+    assert len(ious) == 3 and ious[-1] < 0.6 * ious[0]
+
+
+def test_iou_holdout_split_and_training():
+    from basis.train import holdout_split
+
+    seg, iou = holdout_split(10, 0.3, seed=1)
+    assert len(iou) == 3 and sorted(seg + iou) == list(range(10))
+    assert holdout_split(10, 0.3, seed=1) == (seg, iou)
+    assert holdout_split(10, 0.0, seed=1) == (list(range(10)), list(range(10)))
+    assert holdout_split(2, 0.9, seed=0)[0]  # never leaves segmentation without images
+    ts = train(_fresh_model(), DATA, TrainConfig(epochs=1, iou_epochs=1, batch_size=2,
+                                                 iou_holdout=0.5))
+    assert ts.history[0]["images"] == 2.0  # segmentation saw only its half
+    assert ts.history[1]["images"] == 2.0 * TrainConfig().iou_passes
+    with pytest.raises(ValueError):
+        TrainConfig(iou_holdout=1.0)
+
+
+def test_optimizer_is_fused_on_cpu():
+    from basis.train import make_optimizer
+
+    opt = make_optimizer(_fresh_model(), TrainConfig())
+    assert opt.defaults["fused"]
