@@ -15,8 +15,16 @@ from typing import Mapping
 
 log = logging.getLogger(__name__)
 
-#: How long a collective may wait before the job fails (a crashed peer must not hang us).
+#: How long a collective may wait before the job fails (a crashed peer must not hang
+#: us); a profile's ``collective_timeout_s`` reaches the job as this variable.
+TIMEOUT_ENV = "BASIS_COLLECTIVE_TIMEOUT_S"
 DEFAULT_TIMEOUT = dt.timedelta(minutes=10)
+
+
+def collective_timeout(environ: Mapping[str, str] | None = None) -> dt.timedelta:
+    env = os.environ if environ is None else environ
+    value = env.get(TIMEOUT_ENV)
+    return dt.timedelta(seconds=float(value)) if value else DEFAULT_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -89,8 +97,12 @@ def detect(environ: Mapping[str, str] | None = None) -> DistEnv:
 
 
 def init(env: DistEnv | None = None, backend: str | None = None,
-         timeout: dt.timedelta = DEFAULT_TIMEOUT) -> DistEnv:
-    """Join the process group (gloo on CPU, nccl on CUDA); nothing at world size 1."""
+         timeout: dt.timedelta | None = None) -> DistEnv:
+    """Join the process group (gloo on CPU, nccl on CUDA); nothing at world size 1.
+
+    Collectives fail after ``timeout`` (default: `collective_timeout`), so a job whose
+    peer died ends with an error instead of hanging until its wall-time.
+    """
     import torch
     import torch.distributed as dist
 
@@ -106,7 +118,7 @@ def init(env: DistEnv | None = None, backend: str | None = None,
         init_method=f"tcp://{env.master_addr}:{env.master_port}",
         rank=env.rank,
         world_size=env.world_size,
-        timeout=timeout,
+        timeout=timeout or collective_timeout(),
     )
     log.info("joined %s process group: rank %d/%d via %s (%s)", backend, env.rank,
              env.world_size, env.source, f"{env.master_addr}:{env.master_port}")

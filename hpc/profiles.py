@@ -44,6 +44,7 @@ class ClusterProfile:
     mem_gb: float | None = None
     timeout_min: int = 60
     max_concurrent_trials: int = 2
+    collective_timeout_s: int = 600    # a DDP collective waiting longer fails the job
     setup: tuple[str, ...] = ()
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -53,7 +54,7 @@ class ClusterProfile:
             raise ProfileError(f"profile {self.name}: executor={self.executor!r}, "
                                f"allowed: {', '.join(EXECUTORS)}")
         for key in ("nodes", "tasks_per_node", "cpus_per_task", "timeout_min",
-                    "max_concurrent_trials"):
+                    "max_concurrent_trials", "collective_timeout_s"):
             value = getattr(self, key)
             if not isinstance(value, int) or value < 1:
                 raise ProfileError(f"profile {self.name}: {key}={value!r}, must be an integer ≥ 1")
@@ -106,13 +107,16 @@ def make_executor(profile: ClusterProfile, folder: str | Path) -> Any:
     """
     import submitit
 
+    from hpc.distributed import TIMEOUT_ENV
+
     folder = Path(folder)
     if profile.executor == "debug":
         return submitit.DebugExecutor(folder=folder)
+    env_line = f"export {TIMEOUT_ENV}={int(profile.collective_timeout_s)}"
     if profile.executor == "local":
         ex = submitit.LocalExecutor(folder=folder)
         ex.update_parameters(timeout_min=profile.timeout_min, nodes=1,
-                             tasks_per_node=profile.tasks_per_node)
+                             tasks_per_node=profile.tasks_per_node, setup=[env_line])
         return ex
     ex = submitit.AutoExecutor(folder=folder, cluster="slurm")
     params: dict[str, Any] = dict(
@@ -131,8 +135,9 @@ def make_executor(profile: ClusterProfile, folder: str | Path) -> Any:
         params["slurm_account"] = profile.account
     if profile.qos:
         params["slurm_qos"] = profile.qos
-    if profile.setup:
-        params["slurm_setup"] = list(profile.setup)
+    params["slurm_setup"] = [env_line, *profile.setup]
+    # one failed rank ends the whole step, so its peers do not wait out the wall-time
+    params["slurm_srun_args"] = ["--kill-on-bad-exit=1"]
     params.update({f"slurm_{k}": v for k, v in profile.extra.items()})
     ex.update_parameters(**params)
     return ex

@@ -39,5 +39,6 @@ def test_slurm_executor_parameters_reach_sbatch(tmp_path):
     for line in ("#SBATCH --partition=gpu", "#SBATCH --account=my_project",
                  "#SBATCH --qos=normal", "#SBATCH --gpus-per-node=4",
                  "#SBATCH --ntasks-per-node=4", "#SBATCH --cpus-per-task=8",
-                 "#SBATCH --time=240", "module load cuda/12.4"):
+                 "#SBATCH --time=240", "module load cuda/12.4",
+                 "export BASIS_COLLECTIVE_TIMEOUT_S=600", "--kill-on-bad-exit=1"):
         assert line in text, line
