@@ -82,8 +82,8 @@ class TrainConfig:
             serve both, as in the paper). The segmenter fits its training images far
             better than new ones, so IoU targets measured on them are optimistic;
             held-out images give honest targets at the price of fewer images to segment.
-            Default 0.0 (faithful; the measured gain did not pay for the lost images,
-            see the closing note of issue 4).
+            Default 0.0 (the paper's setup): on synthetic 64 px data with N = 40 and
+            100, 0.2 gave no consistent MAE gain and cost AP (fewer images to segment).
     """
 
     epochs: int = 8

@@ -165,6 +165,7 @@ def _ddp_worker(rank: int, world: int, size: int, batch: int, hidden: int, steps
             device = torch.device("cuda", rank)
         else:
             device = torch.device("cpu")
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
         model = RSIS(ModelConfig(hidden=hidden, n_classes=N_CLASSES), seed=0).to(device).train()
         wrapped = DistributedDataParallel(model, device_ids=[rank] if backend == "nccl" else None)
         step = RSISStep(wrapped, make_batch(size, batch, device, seed=rank), core=model)

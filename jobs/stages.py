@@ -127,7 +127,8 @@ class StageJob:
         from basis.metrics.iou import image_score_mae
 
         preds = predict(model, test, loss_cfg=build("loss", self.spec["loss"]))
-        ap = evaluate_ap(test, preds, n_classes=model.cfg.n_classes)
+        # void pixels leave a detection's union, as in RSIS's patched evaluation
+        ap = evaluate_ap(test, preds, n_classes=model.cfg.n_classes, void_iou="exclude")
         if not model.cfg.iou_head:
             return {"ap50": float(ap["ap50"]), "mae": None}
         mae = image_score_mae([p.image_score for p in preds],

@@ -82,7 +82,10 @@ def _ray_init(num_cpus: int) -> None:
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+        # address="local": always a fresh private instance, never a stale one left by a
+        # driver that was killed
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                 log_to_driver=False,
                  logging_level=logging.WARNING, _node_ip_address="127.0.0.1")
 
 
