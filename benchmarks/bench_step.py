@@ -145,9 +145,9 @@ def bench_precision(size: int, batch: int, hidden: int, steps: int, repeats: int
         a()
         c()
     f, s = interleaved(_repeat(a, steps), _repeat(c, steps), repeats, _sync(device))
-    print(f"  {size:4d} px  fp32 {med(f) / steps * 1e3:8.1f} ms/step ({batch * steps / med(f):7.1f} img/s)"
-          f"   bf16+channels_last {med(s) / steps * 1e3:8.1f} ms/step "
-          f"({batch * steps / med(s):7.1f} img/s)")
+    print(f"  {size:4d} px  fp32 {med(f) / steps * 1e3:8.1f} ms/step "
+          f"({batch * steps / med(f):7.1f} img/s)   bf16+channels_last "
+          f"{med(s) / steps * 1e3:8.1f} ms/step ({batch * steps / med(s):7.1f} img/s)")
     print(ratio_line(f"bf16_channels_last_vs_fp32_{size}px", median_ratio(s, f),
                      "bf16 autocast + channels_last step time / fp32 step time; < 1 is faster"))
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import tempfile
+import threading
 from pathlib import Path
 from typing import IO, Any, Iterator
 
@@ -38,11 +40,42 @@ def write_text(path: str | os.PathLike[str], text: str) -> None:
     write_bytes(path, text.encode())
 
 
+#: Signals a scheduler sends to preempt a job (submitit checkpoints on SIGUSR2).
+DEFERRED_SIGNALS = {signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM}
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold preemption signals until the block ends, then deliver them.
+
+    A handler that exits (submitit's requeue does ``sys.exit``) in the middle of
+    ``torch.save`` makes torch turn the exit into a RuntimeError, which reads as a
+    failed job; deferring the signal lets the write finish first. (Masking with
+    ``pthread_sigmask`` is not enough: the kernel hands a process signal to any
+    thread that does not block it, and torch runs several.)
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    old = {s: signal.getsignal(s) for s in DEFERRED_SIGNALS}
+    for s in DEFERRED_SIGNALS:
+        signal.signal(s, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        for signum in pending:
+            signal.raise_signal(signum)
+
+
 def torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
-    """``torch.save`` that never leaves a partial file under ``path``."""
+    """``torch.save`` that never leaves a partial file under ``path`` and is not cut
+    short by a preemption signal (it is handled once the file is whole)."""
     import torch
 
-    with atomic_path(path) as tmp:
+    with signals_deferred(), atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             torch.save(obj, fh)
 

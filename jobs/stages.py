@@ -69,7 +69,7 @@ class StageJob:
 
         torch.set_num_threads(max(1, int(self.spec.get("threads", 1))))
         try:
-            result = self.run(env)
+            result = _unmask_exit(self.run, env)
             if env.is_rank0:
                 atomic.write_text(self.stage_dir / "result.json", json.dumps(result, indent=1))
                 atomic.write_text(self.stage_dir / "DONE", time.strftime("%Y-%m-%dT%H:%M:%S\n"))
@@ -143,6 +143,21 @@ class StageJob:
         model = RSIS(build("model", model_cfg))
         model.load_state_dict(torch.load(Path(stage_dir) / "model.pt", weights_only=True))
         return model.eval()
+
+
+def _unmask_exit(fn: Any, *args: Any) -> Any:
+    """Run ``fn``; if a library turned a ``SystemExit`` (submitit's exit after it
+    requeued the job) into another exception while cleaning up, re-raise the exit,
+    so the job ends as preempted, not as failed."""
+    try:
+        return fn(*args)
+    except Exception as err:
+        cause: BaseException | None = err
+        while cause is not None:
+            if isinstance(cause, SystemExit):
+                raise cause from None
+            cause = cause.__context__
+        raise
 
 
 class InitStage(StageJob):

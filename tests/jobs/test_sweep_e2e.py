@@ -34,7 +34,7 @@ def mlflow_children(sweep: Path) -> tuple[dict, list]:
     return meta, runs
 
 
-def check_records(sweep: Path, n_trials: int) -> list[str]:
+def check_records(sweep: Path, n_trials: int, table: bool = True) -> list[str]:
     """Assert the Parquet rows, the MLflow runs and the table; return the job ids."""
     from analysis.io import read
     from analysis.tables import render
@@ -56,8 +56,9 @@ def check_records(sweep: Path, n_trials: int) -> list[str]:
             assert run.data.tags.get(tag), (tag, run.data.tags)
         assert "ap50" in run.data.metrics
         assert run.info.status == "FINISHED"
-    table = render(sweep)
-    assert "| β = 0.3 |" in table and "| β = 0.6 |" in table and "| 20 | 28 |" in table
+    if table:   # the tiny config's grid
+        text = render(sweep)
+        assert "| β = 0.3 |" in text and "| β = 0.6 |" in text and "| 20 | 28 |" in text
     ids = {j for s in trials["slurm_job_ids"] for j in s.split(",") if j}
     assert ids
     return sorted(ids)
