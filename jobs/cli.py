@@ -46,11 +46,13 @@ def _sweep(args: argparse.Namespace) -> int:
     print(f"basis: sweep {cfg.name!r}: {cfg.n_trials()} trials on profile {profile.name!r} "
           f"({profile.executor}), folder {sweep_dir}", flush=True)
     if args.detach:
-        where = sweep.detach(cfg, profile, sweep_dir, force=args.force)
+        where = sweep.detach(cfg, profile, sweep_dir, force=args.force,
+                             tracking_uri=args.tracking_uri)
         print(f"basis: the driver runs detached ({where}); follow it with: "
               f"basis status {sweep_dir}")
         return 0
-    meta = sweep.run(cfg, profile, sweep_dir, force=args.force, verbose=args.verbose)
+    meta = sweep.run(cfg, profile, sweep_dir, force=args.force, verbose=args.verbose,
+                     tracking_uri=args.tracking_uri)
     from analysis.tables import render
 
     for mode in cfg.study.modes or ("predicted",):
@@ -79,6 +81,15 @@ def _report(args: argparse.Namespace) -> int:
     rep = build(args.sweep, args.out)
     print(f"basis: report {rep.md}  (HTML: {rep.html}, {len(rep.figures)} figure file(s))")
     return 0
+
+
+def _sync(args: argparse.Namespace) -> int:
+    from jobs import sweep
+
+    counts = sweep.sync(Path(args.sweep))
+    print(f"basis: synced {counts['events']} event(s) of {counts['synced']} run(s); "
+          f"{counts['pending']} run(s) still pending")
+    return 0 if counts["pending"] == 0 else 1
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -172,6 +183,8 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--profile", help="cluster profile name or YAML path "
                     "(default: the config's `profile`)")
     sp.add_argument("--sweep-dir", help="sweep folder (default: runs/<config name>)")
+    sp.add_argument("--tracking-uri", help="MLflow tracking URI, e.g. http://127.0.0.1:5000 "
+                    "(default: an sqlite file in the sweep folder; kept for --resume)")
     sp.add_argument("--force", action="store_true",
                     help="run into a sweep folder that holds another config")
     sp.add_argument("--verbose", type=int, default=0, choices=(0, 1, 2),
@@ -195,6 +208,10 @@ def parser() -> argparse.ArgumentParser:
     rp.add_argument("sweep", help="sweep folder")
     rp.add_argument("--out", help="report folder (default: SWEEP/report)")
     rp.set_defaults(func=_report)
+
+    sy = sub.add_parser("sync", help="send MLflow events buffered during a tracking outage")
+    sy.add_argument("sweep", help="sweep folder")
+    sy.set_defaults(func=_sync)
 
     st = sub.add_parser("status", help="per-trial state of a sweep (done/failed/running/pending)")
     st.add_argument("sweep", help="sweep folder")

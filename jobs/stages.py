@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,8 @@ class StageJob:
         logging.getLogger().addFilter(distributed.RankFilter(env.rank))
         import torch
 
-        torch.set_num_threads(max(1, int(self.spec.get("threads", 1))))
+        # the CPUs Slurm gave each task (a local job: 1, as jobs run side by side)
+        torch.set_num_threads(max(1, int(os.environ.get("SLURM_CPUS_PER_TASK", "1"))))
         try:
             result = _unmask_exit(self.run, env)
             if env.is_rank0:

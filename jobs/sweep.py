@@ -40,8 +40,9 @@ class SweepPaths:
         return self.root / "sweep.json"
 
     @property
-    def mlflow_uri(self) -> str:
-        return tracking.default_uri(self.root)
+    def tracking(self) -> Path:
+        """Where trials buffer their MLflow events (`jobs.tracking.Buffer`)."""
+        return self.root / "tracking"
 
 
 def read_meta(sweep_dir: Path) -> dict[str, Any]:
@@ -50,7 +51,7 @@ def read_meta(sweep_dir: Path) -> dict[str, Any]:
 
 
 def prepare(cfg: SweepConfig, sweep_dir: Path, force: bool = False,
-            profile: str | None = None) -> dict[str, Any]:
+            profile: str | None = None, tracking_uri: str | None = None) -> dict[str, Any]:
     """Create or reopen the sweep folder; refuse one that belongs to another config."""
     paths = SweepPaths(sweep_dir)
     meta: dict[str, Any] = {}
@@ -63,12 +64,17 @@ def prepare(cfg: SweepConfig, sweep_dir: Path, force: bool = False,
                 "--sweep-dir, or --force to run this config there anyway")
     sweep_dir.mkdir(parents=True, exist_ok=True)
     (sweep_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    exp_id, parent = tracking.open_sweep(
-        paths.mlflow_uri, f"basis/{cfg.name}", {**cfg.flat(), "n_trials": cfg.n_trials()},
-        parent_run_id=meta.get("parent_run_id"), artifact_root=sweep_dir / "mlartifacts")
+    uri = tracking_uri or meta.get("mlflow_uri") or tracking.default_uri(sweep_dir)
+    try:
+        exp_id, parent = tracking.open_sweep(
+            uri, f"basis/{cfg.name}", {**cfg.flat(), "n_trials": cfg.n_trials()},
+            parent_run_id=meta.get("parent_run_id"), artifact_root=sweep_dir / "mlartifacts")
+    except Exception as err:
+        raise ConfigError(f"MLflow tracking at {uri} cannot be reached or written "
+                          f"({type(err).__name__}: {str(err)[:200]})") from err
     meta.update(name=cfg.name, fingerprint=cfg.fingerprint(), experiment_id=exp_id,
                 profile=profile or meta.get("profile"),
-                parent_run_id=parent, mlflow_uri=paths.mlflow_uri,
+                parent_run_id=parent, mlflow_uri=uri,
                 command=" ".join(shlex.quote(a) for a in sys.argv),
                 started=time.strftime("%Y-%m-%dT%H:%M:%S"))
     paths.meta.write_text(json.dumps(meta, indent=1))
@@ -135,11 +141,12 @@ def _key(config: dict[str, Any]) -> str:
 
 
 def run(cfg: SweepConfig, profile: ClusterProfile, sweep_dir: Path, force: bool = False,
-        verbose: int = 1) -> dict[str, Any]:
+        verbose: int = 1, tracking_uri: str | None = None) -> dict[str, Any]:
     """Run (or resume) every trial of ``cfg``; return the sweep's meta record."""
     sweep_dir = sweep_dir.resolve()
     cfg = cfg.resolved()
-    meta = prepare(cfg, sweep_dir, force=force, profile=profile.name)
+    meta = prepare(cfg, sweep_dir, force=force, profile=profile.name,
+                   tracking_uri=tracking_uri)
     ctx = SweepContext(str(sweep_dir), cfg.to_dict(), profile, meta["mlflow_uri"],
                        meta["experiment_id"], meta["parent_run_id"])
     _ray_init(num_cpus=profile.max_concurrent_trials)
@@ -164,8 +171,34 @@ def run(cfg: SweepConfig, profile: ClusterProfile, sweep_dir: Path, force: bool 
         status = "KILLED"
         raise
     finally:
-        tracking.finish(meta["mlflow_uri"], meta["parent_run_id"], status)
+        end_sweep(sweep_dir, meta, status)
     return meta
+
+
+def end_sweep(sweep_dir: Path, meta: dict[str, Any], status: str) -> None:
+    """Close the parent run, or leave the status for `basis sync` if MLflow is away."""
+    pending = SweepPaths(sweep_dir).tracking / "_parent.status"
+    try:
+        tracking.finish(meta["mlflow_uri"], meta["parent_run_id"], status)
+        pending.unlink(missing_ok=True)
+    except Exception as err:
+        pending.parent.mkdir(parents=True, exist_ok=True)
+        pending.write_text(status)
+        log.warning("MLflow unreachable at the end of the sweep (%s); run `basis sync %s`",
+                    type(err).__name__, sweep_dir)
+
+
+def sync(sweep_dir: Path) -> dict[str, int]:
+    """Replay every buffered MLflow event of a sweep (after a tracking outage)."""
+    meta = read_meta(sweep_dir)
+    if not meta:
+        raise ConfigError(f"{sweep_dir} is not a sweep folder (no sweep.json)")
+    folder = SweepPaths(sweep_dir).tracking
+    counts = tracking.sync(folder, meta["mlflow_uri"])
+    pending = folder / "_parent.status"
+    if pending.exists() and counts["pending"] == 0:
+        end_sweep(sweep_dir, meta, pending.read_text().strip())
+    return counts
 
 
 class DriverJob:
@@ -190,7 +223,7 @@ class DriverJob:
 
 
 def detach(cfg: SweepConfig, profile: ClusterProfile, sweep_dir: Path,
-           force: bool = False) -> str:
+           force: bool = False, tracking_uri: str | None = None) -> str:
     """Start the driver and return at once → a line saying where it runs.
 
     Config and folder are checked here first, so an error still comes back at once.
@@ -200,7 +233,7 @@ def detach(cfg: SweepConfig, profile: ClusterProfile, sweep_dir: Path,
 
     sweep_dir = sweep_dir.resolve()
     cfg = cfg.resolved()
-    prepare(cfg, sweep_dir, force=force, profile=profile.name)
+    prepare(cfg, sweep_dir, force=force, profile=profile.name, tracking_uri=tracking_uri)
     if profile.executor == "slurm":
         from hpc.profiles import make_executor
 

@@ -8,11 +8,16 @@ several processes creating a fresh sqlite database at once fail.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any, Mapping
 
 log = logging.getLogger(__name__)
 PARENT_TAG = "mlflow.parentRunId"
+# a tracking server that went away must cost seconds, not MLflow's minutes of retries
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
 
 
 def default_uri(sweep_dir: str | Path) -> str:
@@ -61,46 +66,152 @@ def finish(uri: str, run_id: str, status: str = "FINISHED") -> None:
 
 
 class TrialRun:
-    """The child run of one trial; every call is one short write to the store."""
+    """The child run of one trial, written through an on-disk buffer.
+
+    Every call appends an event to ``BUFFER/<trial>.jsonl`` first and then replays the
+    events not yet in the store. When the store cannot be reached (a tracking server
+    that went away) the trial goes on and the events wait on disk; `sync` replays them
+    later. One code path, online and offline. A replayed ``open`` finds the trial's
+    run by its tags, so a run is never created twice.
+    """
+
+    RETRY_S = 30.0
 
     def __init__(self, uri: str, experiment_id: str, parent_run_id: str, name: str,
-                 params: Mapping[str, Any], tags: Mapping[str, Any]) -> None:
-        import mlflow
+                 params: Mapping[str, Any], tags: Mapping[str, Any],
+                 buffer_dir: str | Path | None = None) -> None:
+        import tempfile
 
         self.uri = uri
-        self.client = _client(uri)
-        tags = {PARENT_TAG: parent_run_id, "basis.kind": "trial",
-                **{k: str(v) for k, v in tags.items()}}
-        # a trial whose driver died comes back to its own run: one run per trial
-        found = self.client.search_runs(
-            [experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}' "
-            f"and tags.trial = '{tags.get('trial', name)}'", max_results=1)
-        if found:
-            self.run_id: str = found[0].info.run_id
-            self.client.update_run(self.run_id, status="RUNNING")
-            for k, v in tags.items():
-                self.client.set_tag(self.run_id, k, v)
-            return
-        run = self.client.create_run(experiment_id, run_name=name, tags=tags)
-        self.run_id = run.info.run_id
-        self.client.log_batch(self.run_id, params=[mlflow.entities.Param(k, v)
-                                                   for k, v in _params(params).items()])
+        self.key = str(tags.get("trial", name))
+        folder = Path(buffer_dir) if buffer_dir else Path(tempfile.mkdtemp(prefix="basis-mlf-"))
+        self.buffer = Buffer(folder / f"{self.key}.jsonl", uri)
+        self.buffer.append({"op": "open", "experiment_id": experiment_id,
+                            "parent": parent_run_id, "name": name, "params": _params(params),
+                            "tags": {PARENT_TAG: parent_run_id, "basis.kind": "trial",
+                                     **{k: str(v) for k, v in tags.items()}}})
+
+    @property
+    def run_id(self) -> str | None:
+        """The MLflow run id once the store has been reached (None while offline)."""
+        return self.buffer.run_id
 
     def tag(self, key: str, value: Any) -> None:
-        self.client.set_tag(self.run_id, key, str(value))
+        self.buffer.append({"op": "tag", "key": key, "value": str(value)})
 
     def metrics(self, values: Mapping[str, float], step: int | None = None) -> None:
         import time
 
-        import mlflow
-
-        ts = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[
-            mlflow.entities.Metric(k, float(v), ts, step or 0) for k, v in values.items()
-            if v is not None])
+        self.buffer.append({"op": "metrics", "step": step or 0, "ts": int(time.time() * 1000),
+                            "values": {k: float(v) for k, v in values.items()
+                                       if v is not None}})
 
     def artifact(self, path: str | Path) -> None:
-        self.client.log_artifact(self.run_id, str(path))
+        self.buffer.append({"op": "artifact", "path": str(Path(path).resolve())})
 
     def end(self, status: str) -> None:
-        self.client.set_terminated(self.run_id, status=status)
+        self.buffer.append({"op": "end", "status": status})
+
+
+class Buffer:
+    """An append-only event log of one run and how far it has reached the store."""
+
+    def __init__(self, path: Path, uri: str) -> None:
+        self.path, self.uri = path, uri
+        self.done_path = path.with_suffix(".synced")
+        self.run_path = path.with_suffix(".run")
+        self.run_id: str | None = (self.run_path.read_text().strip()
+                                   if self.run_path.exists() else None)
+        self._offline_until = 0.0
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def append(self, event: dict[str, Any]) -> None:
+        import json
+        import time
+
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(event) + "\n")
+        if time.time() >= self._offline_until:
+            self.flush()
+
+    def pending(self) -> tuple[list[dict[str, Any]], int]:
+        import json
+
+        done = int(self.done_path.read_text()) if self.done_path.exists() else 0
+        lines = self.path.read_text().splitlines() if self.path.exists() else []
+        return [json.loads(line) for line in lines[done:]], done
+
+    def flush(self) -> bool:
+        """Replay the pending events; False (and a warning) if the store is unreachable."""
+        import time
+
+        events, done = self.pending()
+        if not events:
+            return True
+        try:
+            client = _client(self.uri)
+            for event in events:
+                self._apply(client, event)
+                done += 1
+                self.done_path.write_text(str(done))
+        except Exception as err:  # connection refused, timeouts, server errors
+            self._offline_until = time.time() + TrialRun.RETRY_S
+            log.warning("MLflow at %s unreachable (%s); %d event(s) of %s wait in %s for "
+                        "`basis sync`", self.uri, type(err).__name__, len(events),
+                        self.path.stem, self.path)
+            return False
+        return True
+
+    def _apply(self, client: Any, event: dict[str, Any]) -> None:
+        import time
+
+        import mlflow
+
+        op = event["op"]
+        if op == "open":
+            tags = event["tags"]
+            found = client.search_runs(
+                [event["experiment_id"]], f"tags.`{PARENT_TAG}` = '{event['parent']}' "
+                f"and tags.trial = '{tags.get('trial', event['name'])}'", max_results=1)
+            if found:   # a trial whose driver died comes back to its own run
+                self.run_id = found[0].info.run_id
+                client.update_run(self.run_id, status="RUNNING")
+                for k, v in tags.items():
+                    client.set_tag(self.run_id, k, v)
+            else:
+                self.run_id = client.create_run(event["experiment_id"], run_name=event["name"],
+                                                tags=tags).info.run_id
+                client.log_batch(self.run_id, params=[
+                    mlflow.entities.Param(k, v) for k, v in event["params"].items()])
+            self.run_path.write_text(self.run_id)
+            return
+        if self.run_id is None:
+            raise RuntimeError(f"{self.path}: events before the run was opened")
+        if op == "tag":
+            client.set_tag(self.run_id, event["key"], event["value"])
+        elif op == "metrics":
+            client.log_batch(self.run_id, metrics=[
+                mlflow.entities.Metric(k, v, event.get("ts", int(time.time() * 1000)),
+                                       event["step"]) for k, v in event["values"].items()])
+        elif op == "artifact":
+            if Path(event["path"]).exists():
+                client.log_artifact(self.run_id, event["path"])
+            else:   # deleted meanwhile: nothing to upload, and no reason to block the rest
+                log.warning("%s: artifact %s is gone; skipped", self.path.stem, event["path"])
+        elif op == "end":
+            client.set_terminated(self.run_id, status=event["status"])
+
+
+def sync(buffer_dir: str | Path, uri: str) -> dict[str, int]:
+    """Replay every trial's pending events (``basis sync``) → counts of synced and
+    still-pending runs."""
+    out = {"synced": 0, "pending": 0, "events": 0}
+    for path in sorted(Path(buffer_dir).glob("*.jsonl")):
+        buf = Buffer(path, uri)
+        events, _ = buf.pending()
+        if buf.flush():
+            out["synced"] += 1
+            out["events"] += len(events)
+        else:
+            out["pending"] += 1
+    return out

@@ -95,7 +95,8 @@ def run_trial(config: dict[str, Any], ctx: SweepContext,
     tags = {"N": trial.N, "beta": trial.beta, "seed": trial.seed, "mode": trial.mode,
             "trial": trial.key, "tune_trial_id": _tune_trial_id()}
     run = TrialRun(ctx.mlflow_uri, ctx.experiment_id, ctx.parent_run_id, trial.key,
-                   {**trial.to_flat_dict(), **cfg.flat(), "profile": ctx.profile.name}, tags)
+                   {**trial.to_flat_dict(), **cfg.flat(), "profile": ctx.profile.name}, tags,
+                   buffer_dir=sweep_dir / "tracking")
 
     def on_metrics(rec: dict[str, Any]) -> None:
         stage, epoch = rec.get("stage", "stage"), int(rec.get("epoch", 0))
@@ -160,8 +161,9 @@ def run_trial(config: dict[str, Any], ctx: SweepContext,
         status = "FAILED"
     row.update(slurm_job_ids=",".join(job_ids), wall_s=time.time() - t0)
     _write_epochs(sweep_dir, trial, stages)
-    records.write(sweep_dir, "trials", trial.key, [row])
     run.end(status)
+    row["mlflow_run_id"] = run.run_id      # None if the tracking server was unreachable
+    records.write(sweep_dir, "trials", trial.key, [row])
     final = {k: v for k, v in row.items() if k != "log_path"}
     report(final)
     return final
@@ -169,15 +171,15 @@ def run_trial(config: dict[str, Any], ctx: SweepContext,
 
 def _log_artifacts(run: TrialRun, sweep_dir: Path, trial: TrialConfig,
                    selected: list[int]) -> None:
-    """config.yaml and the selected image ids, attached to the trial's MLflow run."""
+    """config.yaml and the selected image ids, attached to the trial's MLflow run (kept
+    in the sweep folder: a buffered event may upload them later)."""
     import json
-    import tempfile
 
     run.artifact(sweep_dir / "config.yaml")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "selected_ids.json"
-        path.write_text(json.dumps({"trial": trial.key, "selected": selected}))
-        run.artifact(path)
+    path = sweep_dir / "tracking" / "artifacts" / trial.key / "selected_ids.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"trial": trial.key, "selected": selected}))
+    run.artifact(path)
 
 
 def _budget(cfg: SweepConfig, trial: TrialConfig, n_additional: int | None = None) -> float:
