@@ -165,6 +165,11 @@ class SweepConfig:
 
     def _validate_sections(self) -> None:
         """The checks that need no split sizes."""
+        import re
+
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", self.name):
+            raise ConfigError(f"name={self.name!r}: use letters, digits, '_', '.', '-' "
+                              "(it becomes a folder, an MLflow experiment and a job name)")
         s = self.study
         if not s.seed:
             raise ConfigError("study.seed is empty")

@@ -9,6 +9,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,6 +93,32 @@ def _reattach(d: Path) -> Any:
     return job if state.split()[0] in LIVE_STATES else None
 
 
+_EXC_LINE = re.compile(r"^\s*([\w.]+(Error|Exception|Exit|Interrupt))(:.*)?$")
+
+
+def _summary(err: BaseException) -> str:
+    """The line of a job's trace that says what went wrong (its last exception line)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    hits = [line for line in lines if _EXC_LINE.match(line)]
+    return hits[-1] if hits else (lines[0] if lines else type(err).__name__)
+
+
+def _final_state(handle: Any) -> str:
+    """The scheduler's word on a finished job (TIMEOUT, CANCELLED, FAILED …), if any."""
+    if type(handle).__name__ != "SlurmJob":
+        return ""
+    state = ""
+    for _ in range(10):    # the accounting record may trail the job's end by a moment
+        try:
+            state = str(handle.get_info(mode="force").get("State", "")).split()[0]
+        except Exception:
+            return ""
+        if state not in ("RUNNING", "COMPLETING", "PENDING"):
+            return state
+        time.sleep(1)
+    return state
+
+
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -153,8 +180,10 @@ def ensure(sweep_dir: Path, kind: str, cfg: dict[str, Any], job: Callable[[Path]
         try:
             handle.results()   # every task's; `result()` refuses multi-task jobs
         except Exception as err:  # submitit raises FailedJobError / UncompletedJobError
-            msg = str(err).strip().splitlines()
-            short = next((m for m in reversed(msg) if m.strip()), type(err).__name__)
+            short = _summary(err)
+            state = _final_state(handle)
+            if state:
+                short = f"job {handle.job_id} ended {state}: {short}"
             raise StageFailed(d.name, short[:500], str(handle.paths.stderr), ids) from err
         if not (d / DONE).exists():
             raise StageFailed(d.name, "job ended without writing DONE",

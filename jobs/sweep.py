@@ -85,6 +85,9 @@ def _ray_init(num_cpus: int) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Ray turns "127.0.0.1" into the host's reachable address unless it runs in its
+    # single-machine mode; the sweep's Ray is private to the driver: loopback only
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
     if not ray.is_initialized():

@@ -65,3 +65,41 @@ def test_sweep_folder_of_another_config_is_refused_unless_forced(tmp_path, capsy
     err = capsys.readouterr().err
     assert code == 2 and "of another config" in err and "--force" in err
     assert not (folder / "submitit").exists() and not (folder / "stages").exists()
+
+
+def test_sweep_name_cannot_smuggle_shell_or_sbatch_lines(tmp_path, capsys):
+    raw = yaml.safe_load(TINY.read_text())
+    raw["name"] = "x\n#SBATCH --uid=0"
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["sweep", str(path), "--sweep-dir", str(tmp_path / "s")]) == 2
+    assert "name=" in capsys.readouterr().err and not (tmp_path / "s").exists()
+
+
+@pytest.mark.slow
+def test_ray_listens_on_loopback_only():
+    """The driver's Ray serves on 127.0.0.1 only: nothing of it on another address."""
+    import subprocess
+    import sys
+
+    probe = """
+import json, os, subprocess
+from jobs.sweep import _ray_init
+_ray_init(1)
+import ray
+listen = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True).stdout
+print(json.dumps({"nodes": [n["NodeManagerAddress"] for n in ray.nodes()],
+                  "gcs": ray.get_runtime_context().gcs_address, "ss": listen}))
+ray.shutdown()
+"""
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    import json
+
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(got["nodes"]) == {"127.0.0.1"} and got["gcs"].startswith("127.0.0.1:")
+    exposed = [line for line in got["ss"].splitlines()
+               if ("raylet" in line or "gcs_server" in line or "ray::" in line)
+               and not line.split()[3].startswith(("127.0.0.1:", "[::1]:", "[::ffff:127.0.0.1]:"))]
+    assert not exposed, exposed

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 import subprocess
 import time
 
@@ -57,3 +58,70 @@ def test_one_rank_failing_ends_the_job(tmp_path, how, expected):
     assert elapsed < 120, f"the job took {elapsed:.0f} s to fail"
     assert expected.lower() in str(err.value).lower(), str(err.value)[-800:]
     assert _final_state(job.job_id) == "FAILED"
+
+
+def test_job_past_its_time_limit_is_recorded(tmp_path):
+    """A stage that runs into its wall-time: submitit's warning signal comes first, and a
+    job that cannot checkpoint fails with that reason (a stage job would be requeued)."""
+    from jobs import dag
+
+    profile = dataclasses.replace(ClusterProfile.load("local-slurm"), timeout_min=1,
+                                  tasks_per_node=1)
+
+    def sleeper(stage_dir):
+        def body():
+            time.sleep(600)     # never checkpointable, never done
+        return body
+
+    t0 = time.time()
+    with pytest.raises(dag.StageFailed) as err:
+        dag.ensure(tmp_path, "init", {"sleep": 600}, sleeper,
+                   lambda folder: make_executor(profile, folder), poll_s=2)
+    assert time.time() - t0 < 240
+    text = str(err.value)
+    assert "ended FAILED" in text or "ended TIMEOUT" in text, text
+    assert "timed-out and not checkpointable" in text or "TIMEOUT" in text, text
+    assert err.value.log_path and err.value.log_path.endswith("_0_log.err")
+    assert _final_state(err.value.job_ids[0]) in ("FAILED", "TIMEOUT")
+
+
+def test_job_killed_by_signal_fails_its_trial_and_the_sweep_goes_on(tmp_path):
+    import threading
+
+    import yaml
+
+    from analysis.io import read
+    from tests.jobs.test_sweep_e2e import CONFIG, basis, mlflow_children
+
+    raw = yaml.safe_load(CONFIG.read_text())
+    raw["train"]["epochs"] = 8          # long enough to be killed in the middle
+    config = tmp_path / "long.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    sweep = tmp_path / "sweep"
+    killed: list[str] = []
+
+    def killer():
+        deadline = time.time() + 600
+        while not killed and time.time() < deadline:
+            for stage in sorted((sweep / "stages").glob("annotate-*/metrics.jsonl")):
+                job_id = (stage.parent / "job_ids").read_text().split()[0]
+                subprocess.run(["scancel", "--signal=KILL", job_id], check=False)
+                killed.append(job_id)
+                break
+            time.sleep(0.5)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    basis("sweep", str(config), "--profile", "local-slurm", "--sweep-dir", str(sweep))
+    thread.join(5)
+    assert killed
+    trials = read(sweep, "trials")
+    assert len(trials) == 4
+    failed = trials[trials["status"] == "FAILED"]
+    assert len(failed) >= 1 and (trials["status"] == "COMPLETED").sum() >= 1
+    for _, row in failed.iterrows():
+        assert f"job {killed[0]} ended" in row["error"], row["error"]
+        assert Path(row["log_path"]).exists()
+    runs = {r.data.tags["trial"]: r.info.status for r in mlflow_children(sweep)[1]}
+    assert {runs[t] for t in failed["trial"]} == {"FAILED"}
+    assert "failed" in basis("status", str(sweep)).stdout

@@ -23,7 +23,8 @@ class FakeJob:
 
     def results(self):
         if self._error is not None:
-            raise RuntimeError(f"job failed\n\nTraceback ...\n{self._error}")
+            raise RuntimeError(f"job failed\n\nTraceback ...\nValueError: {self._error}\n"
+                               f"\nlogs at:\n  - {self.paths.stderr}")
         return [None]
 
 
