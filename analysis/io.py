@@ -51,7 +51,7 @@ def read_optional(sweep: str | Path, name: str) -> pd.DataFrame | None:
     """Like `read`, but ``None`` when the sweep has no folder for table ``name``.
 
     ``image_scores`` falls back to the init stages' own files
-    (``SWEEP/stages/init-*/image_scores.parquet``) when ``results/image_scores`` is absent.
+    (``SWEEP/stages/score-*/image_scores.parquet``) when ``results/image_scores`` is absent.
     """
     try:
         return read(sweep, name)

@@ -65,6 +65,22 @@ def _sweep(args: argparse.Namespace) -> int:
           f"{sweep_dir.resolve() / 'submitit'}")
     print(f"tables again:      basis tables {sweep_dir}")
     print(f"browse the runs:   mlflow ui --backend-store-uri {uri} --host 127.0.0.1")
+    return _summary(sweep_dir, cfg.n_trials())
+
+
+def _summary(sweep_dir: Path, n_trials: int) -> int:
+    """List failed and missing trials; exit 1 if there are any (0 if all completed)."""
+    from analysis.io import read
+
+    trials = read(sweep_dir, "trials")
+    failed = trials[trials["status"] != "COMPLETED"]
+    missing = n_trials - len(trials)
+    for _, row in failed.iterrows():
+        print(f"FAILED {row['trial']}: {row['error']}\n       log: {row['log_path']}")
+    if len(failed) or missing > 0:
+        print(f"basis: {len(failed)} failed and {max(missing, 0)} missing of {n_trials} "
+              f"trials; rerun with `basis sweep --resume {sweep_dir}` after a fix")
+        return 1
     return 0
 
 

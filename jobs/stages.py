@@ -163,14 +163,12 @@ def _unmask_exit(fn: Any, *args: Any) -> Any:
 
 
 class InitStage(StageJob):
-    """Per seed: train on ``n_init`` random pool images, then score the whole pool."""
+    """Per seed: train the initial network on ``n_init`` random pool images."""
 
     kind = "init"
 
     def run(self, env: distributed.DistEnv) -> dict[str, Any]:
         import numpy as np
-
-        from basis.infer import predict
 
         pool, test = self.datasets()
         rng = np.random.default_rng(int(self.spec["seed"]))
@@ -179,17 +177,36 @@ class InitStage(StageJob):
         model = self.train(env, init_ids, pool)
         if not env.is_rank0:
             return {}
-        preds = predict(model, pool, loss_cfg=build("loss", self.spec["loss"]))
-        in_init = set(init_ids)
-        rows = [{
-            "image_id": p.image_id, "seed": int(self.spec["seed"]),
-            "score_pred": p.image_score, "iou_true": p.image_iou_true,
-            "n_objects": pool[i].n_objects, "mean_object_area": pool[i].mean_object_area,
-            "in_init": p.image_id in in_init,
-        } for i, p in enumerate(preds)]
-        _write_parquet(self.stage_dir / "image_scores.parquet", "image_scores", rows)
         atomic.torch_save(model.state_dict(), self.stage_dir / "model.pt")
         return {"init_ids": init_ids, **self.evaluate(model, test)}
+
+
+class ScoreStage(StageJob):
+    """Per seed: the initial network pseudo-annotates the pool and scores every image
+    (Eq. 2), next to its oracle score, object count and object size (Fig. 5)."""
+
+    kind = "score"
+
+    def run(self, env: distributed.DistEnv) -> dict[str, Any]:
+        from basis.infer import predict
+
+        if not env.is_rank0:
+            return {}
+        pool, _ = self.datasets()
+        init_dir = Path(self.spec["init_dir"])
+        in_init = set(json.loads((init_dir / "result.json").read_text())["init_ids"])
+        model = self.load_model(init_dir, self.spec["model"])
+        preds = predict(model, pool, loss_cfg=build("loss", self.spec["loss"]))
+        rows = []
+        for i, p in enumerate(preds):
+            stats = pool.stats(i) if hasattr(pool, "stats") else pool[i]
+            rows.append({"image_id": p.image_id, "seed": int(self.spec["seed"]),
+                         "score_pred": p.image_score, "iou_true": p.image_iou_true,
+                         "n_objects": stats.n_objects,
+                         "mean_object_area": stats.mean_object_area,
+                         "in_init": p.image_id in in_init})
+        _write_parquet(self.stage_dir / "image_scores.parquet", "image_scores", rows)
+        return {"n_images": len(rows)}
 
 
 class AnnotateStage(StageJob):

@@ -17,7 +17,7 @@ from typing import Any, Callable
 from hpc.profiles import ClusterProfile, make_executor
 from jobs import dag, records
 from jobs.config import SweepConfig, TrialConfig
-from jobs.stages import AnnotateStage, InitStage, PseudoStage, SegmentStage
+from jobs.stages import AnnotateStage, InitStage, PseudoStage, ScoreStage, SegmentStage
 from jobs.tracking import TrialRun
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def init_spec(cfg: SweepConfig, trial: TrialConfig) -> dict[str, Any]:
             "n_init": trial.n_init}
 
 
-def select_images(init_dir: Path, trial: TrialConfig) -> tuple[list[int], list[int]]:
+def select_images(score_dir: Path, trial: TrialConfig) -> tuple[list[int], list[int]]:
     """The select stage (pure and cheap, so it runs in the trial itself): the N − n_init
     images of the scored pool chosen by the trial's mode → (initial ids, selected ids).
 
@@ -65,7 +65,7 @@ def select_images(init_dir: Path, trial: TrialConfig) -> tuple[list[int], list[i
 
     from basis.selection import select
 
-    scores = pq.read_table(init_dir / "image_scores.parquet").to_pandas()
+    scores = pq.read_table(score_dir / "image_scores.parquet").to_pandas()
     init_ids = sorted(int(i) for i in scores.loc[scores["in_init"], "image_id"])
     pool = scores[~scores["in_init"]]
     column = "iou_true" if trial.mode == "oracle" else "score_pred"
@@ -78,11 +78,26 @@ def select_images(init_dir: Path, trial: TrialConfig) -> tuple[list[int], list[i
 
 def run_trial(config: dict[str, Any], ctx: SweepContext,
               report: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Run one grid point to its end; never raises for a failed stage (it is recorded)."""
+    """Run one grid point to its end; never raises: whatever fails is recorded as the
+    trial's FAILED row (with the error and where to look), and the sweep goes on."""
     if report is None:
         from ray import tune
 
         report = tune.report
+    try:
+        return _run_trial(config, ctx, report)
+    except Exception as err:   # before the trial's own bookkeeping could start
+        trial = trial_from(config, int(ctx.config["study"]["n_init"]))
+        row = {**trial.to_flat_dict(), "trial": trial.key, "status": "FAILED",
+               "error": f"{type(err).__name__}: {err}"[:2000],
+               "log_path": traceback.format_exc()[-2000:]}
+        records.write(Path(ctx.sweep_dir), "trials", trial.key, [row])
+        report({k: v for k, v in row.items() if k != "log_path"})
+        return row
+
+
+def _run_trial(config: dict[str, Any], ctx: SweepContext,
+               report: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     cfg = SweepConfig.from_dict(ctx.config)
     trial = trial_from(config, cfg.study.n_init)
     sweep_dir = Path(ctx.sweep_dir)
@@ -127,7 +142,8 @@ def run_trial(config: dict[str, Any], ctx: SweepContext,
     try:
         budget_s = _budget(cfg, trial)
         init = stage("init", i_spec, InitStage)
-        init_ids, selected = select_images(init.dir, trial)
+        score = stage("score", {**i_spec, "init_dir": str(init.dir)}, ScoreStage)
+        init_ids, selected = select_images(score.dir, trial)
         ann_spec = {**i_spec, "train_ids": sorted(init_ids + selected)}
         records.write(sweep_dir, "selections", trial.key, [
             {"trial": trial.key, "image_id": i, "rank": r, "mode": trial.mode}

@@ -20,19 +20,31 @@ def _wait(pred, timeout_s: float, what: str) -> None:
         time.sleep(1)
 
 
-def test_killed_driver_then_resume(tmp_path):
+def _rows(sweep: Path) -> int:
+    folder = sweep / "results" / "trials"
+    return len(list(folder.rglob("*.parquet"))) if folder.exists() else 0
+
+
+#: Where the driver dies: right after it submitted its first job, while jobs run, and
+#: while results are being written (some trials recorded, others not yet).
+KILL_POINTS = {
+    "submission": lambda s: list((s / "stages").glob("init-*/job_ids")),
+    "jobs": lambda s: list((s / "stages").glob("annotate-*/job_ids")),
+    "results": lambda s: _rows(s) >= 1,
+}
+
+
+@pytest.mark.parametrize("point", sorted(KILL_POINTS))
+def test_killed_driver_then_resume(tmp_path, point):
     sweep = tmp_path / "sweep"
     basis("sweep", str(CONFIG), "--profile", "local", "--sweep-dir", str(sweep), "--detach",
           timeout=60)
     pid = int((sweep / "driver.pid").read_text())
-    # kill it while jobs run: after the shared init stage, before the trials are done
-    _wait(lambda: list((sweep / "stages").glob("init-*/DONE")), 300, "the init stage")
-    _wait(lambda: list((sweep / "stages").glob("annotate-*/job_ids")), 120, "a trial's job")
+    _wait(lambda: KILL_POINTS[point](sweep), 400, f"the kill point {point!r}")
     os.killpg(pid, signal.SIGKILL)      # the driver, Ray and its trial actors at once
     _wait(lambda: not _alive(pid), 30, "the driver to die")
-    done_before = list((sweep / "results" / "trials").rglob("*.parquet")) \
-        if (sweep / "results" / "trials").exists() else []
-    assert len(done_before) < 4, "the sweep finished before it could be killed"
+    assert _rows(sweep) < 4, "the sweep finished before it could be killed"
+    stamps = {p: p.stat().st_mtime for p in (sweep / "stages").glob("*/DONE")}
 
     out = basis("sweep", "--resume", str(sweep))
     assert "| β = 0.3 |" in out.stdout
@@ -40,7 +52,8 @@ def test_killed_driver_then_resume(tmp_path):
     _, runs = mlflow_children(sweep)
     assert sorted(r.data.tags["trial"] for r in runs) == sorted(
         p.stem for p in Path(sweep / "results" / "trials").rglob("*.parquet"))
-    # the shared init stage was not recomputed by the resumed driver
-    inits = [p for p in (sweep / "stages").glob("init-*") if p.is_dir()]
-    assert len(inits) == 1
-    assert len((inits[0] / "job_ids").read_text().splitlines()) == 1
+    # nothing finished before the kill was computed again
+    assert all(p.stat().st_mtime == t for p, t in stamps.items())
+    for kind in ("init", "score"):
+        dirs = [p for p in (sweep / "stages").glob(f"{kind}-*") if p.is_dir()]
+        assert len(dirs) == 1 and (dirs[0] / "DONE").exists()

@@ -112,8 +112,10 @@ def test_job_killed_by_signal_fails_its_trial_and_the_sweep_goes_on(tmp_path):
 
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
-    basis("sweep", str(config), "--profile", "local-slurm", "--sweep-dir", str(sweep))
+    out = basis("sweep", str(config), "--profile", "local-slurm", "--sweep-dir", str(sweep),
+                code=1)                 # a sweep with failed trials says so in its exit code
     thread.join(5)
+    assert "FAILED " in out.stdout and "--resume" in out.stdout
     assert killed
     trials = read(sweep, "trials")
     assert len(trials) == 4

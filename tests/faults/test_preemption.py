@@ -51,9 +51,10 @@ def test_requeued_twice_equals_uninterrupted(tmp_path):
     cfg = _config(tmp_path)
     plain, hit = tmp_path / "plain", tmp_path / "preempted"
     basis("sweep", str(cfg), "--profile", "local-slurm", "--sweep-dir", str(plain))
-    # the preempted sweep reuses the same init stage (content addressed): copy it over
-    init = next(p for p in (plain / "stages").glob("init-*") if p.is_dir())
-    shutil.copytree(init, hit / "stages" / init.name)
+    # the preempted sweep reuses the same init and score stages (content addressed)
+    for kind in ("init", "score"):
+        done = next(p for p in (plain / "stages").glob(f"{kind}-*") if p.is_dir())
+        shutil.copytree(done, hit / "stages" / done.name)
 
     log: list = []
     stop = threading.Event()

@@ -47,14 +47,18 @@ def test_init_stage_runs_on_voc_files(roots, tmp_path):
     import pyarrow.parquet as pq
 
     from jobs.config import TrialConfig
-    from jobs.stages import InitStage
+    from jobs.stages import InitStage, ScoreStage
     from jobs.trial import init_spec
 
     cfg = _cfg(roots).resolved()
-    stage = tmp_path / "stage"
-    stage.mkdir()
-    result = InitStage(init_spec(cfg, TrialConfig(8, 0.5, 0, "predicted", 4)), stage)()
-    assert (stage / "DONE").exists() and 0.0 <= result["ap50"] <= 1.0
-    scores = pq.read_table(stage / "image_scores.parquet").to_pandas()
+    spec = init_spec(cfg, TrialConfig(8, 0.5, 0, "predicted", 4))
+    init, score = tmp_path / "init", tmp_path / "score"
+    init.mkdir()
+    score.mkdir()
+    result = InitStage(spec, init)()
+    assert (init / "DONE").exists() and 0.0 <= result["ap50"] <= 1.0
+    assert Path(init / "model.pt").exists()
+    ScoreStage({**spec, "init_dir": str(init)}, score)()
+    scores = pq.read_table(score / "image_scores.parquet").to_pandas()
     assert len(scores) == 12 and int(scores["in_init"].sum()) == 4
-    assert scores["image_id"].min() >= 0 and Path(stage / "model.pt").exists()
+    assert scores["image_id"].min() >= 0 and (scores["n_objects"] >= 1).all()

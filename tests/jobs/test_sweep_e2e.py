@@ -16,11 +16,11 @@ HERE = Path(__file__).resolve().parent
 CONFIG = HERE / "sweep_tiny.yaml"
 
 
-def basis(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+def basis(*args: str, timeout: int = 900, code: int = 0) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "jobs.cli", *args]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                          cwd=HERE.parent.parent, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    assert out.returncode == 0, f"{cmd} failed:\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}"
+    assert out.returncode == code, f"{cmd} failed:\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}"
     return out
 
 
@@ -71,10 +71,11 @@ def test_sweep_on_local_slurm_with_ddp(slurm_cluster, tmp_path):
     out = basis("sweep", str(CONFIG), "--profile", "local-slurm", "--sweep-dir", str(sweep))
     assert "Table 4" in out.stdout and "mlflow ui --backend-store-uri" in out.stdout
     job_ids = check_records(sweep, n_trials=4)
-    # one job per distinct stage (1 init + ≤ 4 annotate: equal selections share one),
-    # each a 2-task job that sacct knows as COMPLETED
-    n_stages = len(list((sweep / "stages").glob("*/DONE")))
-    assert 2 <= n_stages <= 5 and len(job_ids) == n_stages
+    # one job per distinct stage (1 init + 1 score + ≤ 4 annotate: equal selections
+    # share one), each a 2-task job that sacct knows as COMPLETED
+    kinds = [p.parent.name.split("-")[0] for p in (sweep / "stages").glob("*/DONE")]
+    assert kinds.count("init") == 1 and kinds.count("score") == 1
+    assert 3 <= len(kinds) <= 6 and len(job_ids) == len(kinds)
     acct = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State,NTasks,AllocCPUS",
                            "-j", ",".join(job_ids)], capture_output=True, text=True, check=True)
     states = {line.split("|")[0]: line.split("|")[1] for line in acct.stdout.split()}
@@ -97,7 +98,7 @@ def test_detached_sweep_on_local_executor_then_resume_without_rework(tmp_path):
     assert not _alive(pid), "the detached driver did not finish in 10 minutes"
     check_records(sweep, n_trials=4)
     stamps = {p: p.stat().st_mtime for p in (sweep / "stages").rglob("DONE")}
-    assert 2 <= len(stamps) <= 5
+    assert 3 <= len(stamps) <= 6
     # resume: every trial and stage is found done, nothing re-runs
     out = basis("sweep", "--resume", str(sweep))
     assert {p: p.stat().st_mtime for p in (sweep / "stages").rglob("DONE")} == stamps
@@ -145,7 +146,7 @@ def test_segmentation_network_on_strong_and_pseudo_labels(tmp_path):
     assert extra == pytest.approx(8 * 22.22, abs=0.01)
     # one pseudo stage shared by both fractions, one segment stage each
     kinds = sorted(p.parent.name.split("-")[0] for p in (sweep / "stages").glob("*/DONE"))
-    assert kinds == ["annotate", "init", "pseudo", "segment", "segment"]
+    assert kinds == ["annotate", "init", "pseudo", "score", "segment", "segment"]
     pseudo = json.loads(next((sweep / "stages").glob("pseudo-*/result.json")).read_text())
     assert pseudo["n_images"] == 16
     # images whose pseudo-masks are all empty are left out (after 2 epochs most are)

@@ -24,3 +24,22 @@ def test_select_images_by_mode(tmp_path):
     _, r1 = select_images(tmp_path, TrialConfig(4, None, 0, "random", 2))
     _, r2 = select_images(tmp_path, TrialConfig(4, None, 0, "random", 2))
     assert r1 == r2 and len(set(r1)) == 2 and not set(r1) & {0, 1}
+
+
+def test_a_trial_that_cannot_even_start_is_recorded_failed(tmp_path):
+    from analysis.io import read
+    from hpc.profiles import ClusterProfile
+    from jobs.config import SweepConfig
+    from jobs.trial import SweepContext, run_trial
+
+    cfg = SweepConfig.load("configs/demo.yaml").to_dict()
+    cfg["model"]["hidden"] = 7          # the job side would refuse it
+    ctx = SweepContext(str(tmp_path), cfg, ClusterProfile.load("local"), "sqlite:///x", "0",
+                       "p")
+    reports = []
+    row = run_trial({"N": 40, "seed": 0, "arm": {"mode": "predicted", "beta": 0.3}}, ctx,
+                    reports.append)
+    assert row["status"] == "FAILED" and "hidden" in row["error"]
+    df = read(tmp_path, "trials")
+    assert df["trial"].tolist() == ["predicted-b0.30-N40-s0"]
+    assert df["status"].tolist() == ["FAILED"] and reports[-1]["status"] == "FAILED"
