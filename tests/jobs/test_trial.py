@@ -33,13 +33,13 @@ def test_a_trial_that_cannot_even_start_is_recorded_failed(tmp_path):
     from jobs.trial import SweepContext, run_trial
 
     cfg = SweepConfig.load("configs/demo.yaml").to_dict()
-    cfg["model"]["hidden"] = 7          # the job side would refuse it
-    ctx = SweepContext(str(tmp_path), cfg, ClusterProfile.load("local"), "sqlite:///x", "0",
-                       "p")
+    cfg["study"]["n_init"] = 0          # refused when the trial reads its config
+    ctx = SweepContext(str(tmp_path), cfg, ClusterProfile.load("local"),
+                       f"sqlite:///{tmp_path / 'm.db'}", "0", "p")
     reports = []
     row = run_trial({"N": 40, "seed": 0, "arm": {"mode": "predicted", "beta": 0.3}}, ctx,
                     reports.append)
-    assert row["status"] == "FAILED" and "hidden" in row["error"]
+    assert row["status"] == "FAILED" and "study.n_init=0" in row["error"]
     df = read(tmp_path, "trials")
     assert df["trial"].tolist() == ["predicted-b0.30-N40-s0"]
     assert df["status"].tolist() == ["FAILED"] and reports[-1]["status"] == "FAILED"
