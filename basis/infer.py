@@ -13,6 +13,7 @@ RSIS the most probable object class (end-of-sequence excluded).
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Sequence
 
 import numpy as np
@@ -22,9 +23,81 @@ from torch.utils.data import DataLoader, Dataset
 
 from basis.data.synthetic import collate
 from basis.losses import LossConfig, iou_target_inverse
+from basis.metrics.iou import image_score_mae as _scores_mae
 from basis.metrics.iou import match_true_iou
 from basis.models.rsis import RSIS, RSISOutput
 from basis.types import ImagePrediction
+
+AMP_MODES = ("none", "bf16", "fp16")
+_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def amp_dtype(amp: str, device: str | torch.device) -> torch.dtype | None:
+    """The autocast dtype of an ``amp`` mode on ``device``: None for "none" and on any
+    device but CUDA (mixed precision is a GPU feature here; CPU runs stay fp32)."""
+    if amp not in AMP_MODES:
+        raise ValueError(f"amp={amp!r} not in {AMP_MODES}")
+    return _AMP_DTYPES.get(amp) if torch.device(device).type == "cuda" else None
+
+
+def autocast(device: str | torch.device, dtype: torch.dtype | None
+             ) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` with ``dtype`` on ``device``; a null context for None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+def float_output(out: RSISOutput) -> RSISOutput:
+    """The output in float32 (the same tensors when already float32), so that losses,
+    matching, IoUs and scores are computed in full precision after an autocast pass."""
+    return RSISOutput(
+        mask_logits=out.mask_logits.float(), class_logits=out.class_logits.float(),
+        stop_logits=out.stop_logits.float(), iou=out.iou.float(),
+        iou_features=None if out.iou_features is None else out.iou_features.float())
+
+
+def forward_for_inference(model: RSIS, images: torch.Tensor,
+                          class_seq: torch.Tensor | None, amp: str = "none",
+                          channels_last: bool = False) -> RSISOutput:
+    """One forward pass as inference runs it, output in float32.
+
+    Args:
+        model: the network, on the device of ``images``.
+        images: (B, 3, H, W) float in [0, 1].
+        class_seq: (B, T) W-RSIS inputs or None.
+        amp: "none" | "bf16" | "fp16": autocast dtype on CUDA, ignored elsewhere.
+        channels_last: on CUDA, feed channels_last images (the model should be
+            channels_last too); ignored elsewhere.
+    """
+    if channels_last and images.is_cuda:
+        images = images.contiguous(memory_format=torch.channels_last)
+    with autocast(images.device, amp_dtype(amp, images.device)):
+        out = model(images, class_seq)
+    return float_output(out)
+
+
+def image_score_mae(preds: Sequence[ImagePrediction]) -> float:
+    """The Table 2 metric: mean over images of |predicted − true image IoU score|.
+
+    The predicted score of an image is Eq. 2 (`ImagePrediction.image_score`, the mean
+    predicted IoU of its objects), the true one the oracle score (`image_iou_true`, the
+    mean true IoU); an image without objects scores 0.0 on both sides.
+
+    Args:
+        preds: predictions made with ground truth (``predict(..., with_iou_true=True)``).
+
+    Returns:
+        The MAE in [0, 1] (the paper prints it ×100).
+
+    Raises:
+        ValueError: no predictions, or one without ``iou_true``.
+    """
+    missing = [p.image_id for p in preds if p.iou_true is None]
+    if missing:
+        raise ValueError(f"images {missing[:5]} have no iou_true: predict with ground truth")
+    return _scores_mae([p.image_score for p in preds],
+                       [float(p.image_iou_true) for p in preds])  # type: ignore[arg-type]
 
 
 def weak_class_sequence(labels_list: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -83,7 +156,8 @@ def emitted_objects(out: RSISOutput, b: int, class_seq: torch.Tensor | None,
 @torch.no_grad()
 def predict(model: RSIS, dataset: Dataset, batch_size: int = 16,
             device: str | torch.device = "cpu", loss_cfg: LossConfig = LossConfig(),
-            with_iou_true: bool = True, num_workers: int = 0) -> list[ImagePrediction]:
+            with_iou_true: bool = True, num_workers: int = 0, amp: str = "none",
+            channels_last: bool = False) -> list[ImagePrediction]:
     """Predict every image of ``dataset`` in order.
 
     Args:
@@ -96,13 +170,22 @@ def predict(model: RSIS, dataset: Dataset, batch_size: int = 16,
         with_iou_true: fill ``iou_true`` from the ground-truth masks (False for data
             without masks).
         num_workers: DataLoader workers.
+        amp: "none" (default), "bf16" or "fp16": autocast on CUDA; ignored elsewhere.
+            Masks, scores and IoUs are computed from the float32 output.
+        channels_last: on CUDA, convert the model (in place) and the images to
+            channels_last memory format; ignored elsewhere.
 
     Returns:
         One ImagePrediction per item, in dataset order. ``iou_pred`` is in IoU space.
+        `image_score_mae` of the result is the Table 2 metric.
     """
     device = torch.device(device)
+    amp_dtype(amp, device)  # validates amp on every device
     was_training = model.training
     model.to(device).eval()
+    channels_last = channels_last and device.type == "cuda"
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, collate_fn=collate)
     preds: list[ImagePrediction] = []
@@ -110,10 +193,10 @@ def predict(model: RSIS, dataset: Dataset, batch_size: int = 16,
         for batch in loader:
             images = batch["images"].to(device)
             class_seq = weak_class_sequence(batch["labels"]).to(device) if model.cfg.weak else None
-            out = model(images, class_seq)
-            cls_prob = torch.softmax(out.class_logits.float(), -1)
-            stop_prob = torch.sigmoid(out.stop_logits.float())
-            iou_pred = iou_target_inverse(out.iou.float(), loss_cfg.iou_target)
+            out = forward_for_inference(model, images, class_seq, amp, channels_last)
+            cls_prob = torch.softmax(out.class_logits, -1)
+            stop_prob = torch.sigmoid(out.stop_logits)
+            iou_pred = iou_target_inverse(out.iou, loss_cfg.iou_target)
             h, w = images.shape[-2:]
             for b in range(images.shape[0]):
                 n, labels = emitted_objects(out, b, class_seq, int(batch["labels"][b].numel()))

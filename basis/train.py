@@ -27,6 +27,7 @@ them only, so its targets are IoUs on images the segmenter never saw (see TrainC
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -35,13 +36,21 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from basis.data.synthetic import collate
-from basis.infer import emitted_objects, weak_class_sequence
+from basis.infer import (
+    AMP_MODES,
+    amp_dtype,
+    autocast,
+    emitted_objects,
+    float_output,
+    forward_for_inference,
+    weak_class_sequence,
+)
 from basis.losses import LossConfig, class_sequence, iou_target_transform, rsis_loss
 from basis.metrics.iou import match_true_iou
 from basis.models.rsis import RSIS
@@ -50,6 +59,7 @@ log = logging.getLogger(__name__)
 
 SEG_PARTS = ("mask", "class", "stop")
 ALL_PARTS = ("mask", "class", "stop", "iou")
+LR_SCHEDULES = ("constant", "cosine", "poly")
 
 
 @dataclass(frozen=True)
@@ -84,6 +94,21 @@ class TrainConfig:
             held-out images give honest targets at the price of fewer images to segment.
             Default 0.0 (the paper's setup): on synthetic 64 px data with N = 40 and
             100, 0.2 gave no consistent MAE gain and cost AP (fewer images to segment).
+        lr_schedule: learning-rate factor per epoch, stepped after every epoch:
+            "constant" (default, factor 1), "cosine" (½(1 + cos(π e / E))) or "poly"
+            ((1 − e / E)^0.9). For the encoder and decoder groups e counts the
+            segmentation epochs and E = ``epochs``; for the IoU group, under "freeze"
+            it counts the IoU-only epochs with E = ``iou_epochs``, under "joint" the
+            same as the others. Its state is part of `TrainState.state_dict()`.
+        amp: mixed precision of the forward pass on CUDA: "none" (default), "bf16" or
+            "fp16" (with a dynamic GradScaler, saved in the checkpoint). The loss is
+            computed in float32. Ignored on other devices (training is fp32 there).
+        channels_last: on CUDA, train (and keep) the model in channels_last memory
+            format and feed it channels_last images. Ignored on other devices.
+        freeze_bn: run every BatchNorm layer in eval mode during training (running
+            statistics fixed; the affine weights still train). For small per-process
+            batches, and what makes a DDP run equal to one process on the same global
+            batch (per-rank batch statistics otherwise differ from the global ones).
     """
 
     epochs: int = 8
@@ -98,8 +123,16 @@ class TrainConfig:
     grad_clip: float | None = None
     iou_passes: int = 25
     iou_holdout: float = 0.0
+    lr_schedule: str = "constant"
+    amp: str = "none"
+    channels_last: bool = False
+    freeze_bn: bool = False
 
     def __post_init__(self) -> None:
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule={self.lr_schedule!r} not in {LR_SCHEDULES}")
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"amp={self.amp!r} not in {AMP_MODES}")
         if self.iou_schedule not in ("freeze", "joint"):
             raise ValueError(f"iou_schedule={self.iou_schedule!r} not in ('freeze', 'joint')")
         if not 0.0 <= self.iou_holdout < 1.0:
@@ -121,18 +154,25 @@ class TrainState:
         optimizer: Adam over encoder and decoder parameter groups.
         epoch: epochs completed.
         history: the metrics dict of every completed epoch.
+        scheduler: the per-epoch learning-rate scheduler (`make_scheduler`), or None.
+        scaler: the fp16 GradScaler, or None when not training in fp16 on CUDA.
     """
 
     model: RSIS
     optimizer: torch.optim.Optimizer
     epoch: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+    scaler: torch.amp.GradScaler | None = None
 
     def state_dict(self) -> dict[str, Any]:
-        """Model, optimizer, epoch, history and the RNG states (torch, CUDA, numpy, python)."""
+        """Model, optimizer, scheduler, GradScaler, epoch, history and the RNG states
+        (torch, CUDA, numpy, python)."""
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "epoch": self.epoch,
             "history": [dict(h) for h in self.history],
             "rng": {
@@ -146,6 +186,11 @@ class TrainState:
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         self.model.load_state_dict(sd["model"])
         self.optimizer.load_state_dict(sd["optimizer"])
+        # Checkpoints from before the scheduler existed have none: constant rates.
+        if self.scheduler is not None and sd.get("scheduler") is not None:
+            self.scheduler.load_state_dict(sd["scheduler"])
+        if self.scaler is not None and sd.get("scaler") is not None:
+            self.scaler.load_state_dict(sd["scaler"])
         self.epoch = int(sd["epoch"])
         self.history = [dict(h) for h in sd["history"]]
         rng = sd.get("rng")
@@ -199,6 +244,43 @@ def make_optimizer(model: RSIS, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam(groups, fused=fused or None)
 
 
+def _lr_factor(kind: str, e: int, n: int) -> float:
+    """Factor of the base learning rate in epoch ``e`` (0-based) of ``n``."""
+    if kind == "constant" or n <= 0:
+        return 1.0
+    frac = min(max(e, 0), n) / n
+    if kind == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * frac))
+    return (1.0 - frac) ** 0.9  # "poly", as in DeepLab
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig
+                   ) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-epoch LambdaLR over the three groups of `make_optimizer` (see
+    ``TrainConfig.lr_schedule``); step it once after every epoch."""
+    kind, seg = cfg.lr_schedule, cfg.epochs
+
+    def seg_factor(e: int) -> float:
+        return _lr_factor(kind, e, seg)
+
+    def iou_factor(e: int) -> float:
+        if cfg.iou_schedule == "freeze":
+            return _lr_factor(kind, e - seg, cfg.iou_epochs)
+        return _lr_factor(kind, e, seg)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [seg_factor, seg_factor, iou_factor])
+
+
+def _amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    return amp_dtype(cfg.amp, device)
+
+
+def _freeze_bn(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
 def total_epochs(cfg: TrainConfig, model: RSIS) -> int:
     """Epochs of the whole run: no IoU-only phase for a model without an IoU branch."""
     return cfg.total_epochs if model.cfg.iou_head else cfg.epochs
@@ -246,7 +328,8 @@ def holdout_split(n: int, frac: float, seed: int) -> tuple[list[int], list[int]]
 
 @torch.no_grad()
 def iou_training_set(model: RSIS, dataset: Dataset, batch_size: int = 16,
-                     device: str | torch.device = "cpu"
+                     device: str | torch.device = "cpu", amp: str = "none",
+                     channels_last: bool = False
                      ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The IoU branch's inputs and targets, per image, as inference sees them.
 
@@ -260,6 +343,7 @@ def iou_training_set(model: RSIS, dataset: Dataset, batch_size: int = 16,
         dataset: items are `basis.types.Sample` with ground truth.
         batch_size: images per forward pass.
         device: where the model is.
+        amp, channels_last: as in `basis.infer.predict` (CUDA only).
 
     Returns:
         One (features (n, F) float32, true IoU (n,) float32) pair per image, on the CPU,
@@ -274,7 +358,7 @@ def iou_training_set(model: RSIS, dataset: Dataset, batch_size: int = 16,
             images = batch["images"].to(device)
             class_seq = (weak_class_sequence(batch["labels"]).to(device)
                          if model.cfg.weak else None)
-            out = model(images, class_seq)
+            out = forward_for_inference(model, images, class_seq, amp, channels_last)
             assert out.iou_features is not None, "model has no IoU branch"
             for b in range(images.shape[0]):
                 n, labels = emitted_objects(out, b, class_seq, int(batch["labels"][b].numel()))
@@ -342,7 +426,14 @@ def train(model: RSIS, dataset: Dataset, cfg: TrainConfig, loss_cfg: LossConfig 
         np.random.seed(cfg.seed)
         random.seed(cfg.seed)
     model.to(device)
-    ts = TrainState(model=model, optimizer=make_optimizer(model, cfg))
+    channels_last = cfg.channels_last and device.type == "cuda"
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, cfg)
+    scaler = (torch.amp.GradScaler("cuda")
+              if _amp_dtype(cfg, device) == torch.float16 else None)
+    ts = TrainState(model=model, optimizer=optimizer,
+                    scheduler=make_scheduler(optimizer, cfg), scaler=scaler)
     if state is not None:
         ts.load_state_dict(state)
 
@@ -368,6 +459,8 @@ def train(model: RSIS, dataset: Dataset, cfg: TrainConfig, loss_cfg: LossConfig 
     while ts.epoch < n_epochs:
         phase = _phase(cfg, ts.epoch)
         parts = _set_trainable(model, phase)
+        if cfg.freeze_bn:
+            _freeze_bn(model)
         if phase == "iou":
             if iou_cache is None:
                 _sync_buffers(model)
@@ -376,7 +469,8 @@ def train(model: RSIS, dataset: Dataset, cfg: TrainConfig, loss_cfg: LossConfig 
                 shard = list(DistributedSampler(iou_set, num_replicas=world, rank=rank,
                                                 shuffle=False))
                 iou_cache = iou_training_set(model, Subset(iou_set, shard),
-                                             cfg.batch_size, device)
+                                             cfg.batch_size, device, amp=cfg.amp,
+                                             channels_last=channels_last)
             metrics = _run_iou_epoch(model, iou_cache, ts.optimizer, cfg, loss_cfg, device,
                                      ts.epoch)
         else:
@@ -389,8 +483,11 @@ def train(model: RSIS, dataset: Dataset, cfg: TrainConfig, loss_cfg: LossConfig 
                 wrapped_phase = phase
             sampler.set_epoch(ts.epoch)
             metrics = _run_epoch(wrapped, model, loader, ts.optimizer, cfg, loss_cfg, parts,
-                                 device, progress and rank == 0, ts.epoch)
+                                 device, progress and rank == 0, ts.epoch, ts.scaler,
+                                 channels_last)
         metrics["phase_iou"] = float(phase == "iou")
+        if ts.scheduler is not None:
+            ts.scheduler.step()
         ts.epoch += 1
         ts.history.append(metrics)
         log.info("epoch %d/%d %s", ts.epoch, n_epochs,
@@ -457,7 +554,8 @@ def _run_iou_epoch(model: RSIS, cache: list[tuple[torch.Tensor, torch.Tensor]],
 def _run_epoch(wrapped: nn.Module, model: RSIS, loader: Iterable[dict],
                optimizer: torch.optim.Optimizer, cfg: TrainConfig, loss_cfg: LossConfig,
                parts: tuple[str, ...], device: torch.device, progress: bool,
-               epoch: int) -> dict[str, float]:
+               epoch: int, scaler: torch.amp.GradScaler | None = None,
+               channels_last: bool = False) -> dict[str, float]:
     sums: dict[str, float] = {}
     n_batches = 0
     n_images = 0
@@ -468,20 +566,32 @@ def _run_epoch(wrapped: nn.Module, model: RSIS, loader: Iterable[dict],
 
         it = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False)
     trainable = [p for p in model.parameters() if p.requires_grad]
+    dtype = _amp_dtype(cfg, device)
     for batch in it:
         batch["images"] = batch["images"].to(device, non_blocking=True)
+        if channels_last:
+            batch["images"] = batch["images"].contiguous(memory_format=torch.channels_last)
         class_seq = None
         if model.cfg.weak:
             steps = max(1, max(int(lab.numel()) for lab in batch["labels"]))
             class_seq = class_sequence(batch["labels"], batch["masks"], steps).to(device)
             batch["class_seq"] = class_seq
-        out = wrapped(batch["images"], class_seq)
-        loss, logs = rsis_loss(out, batch, loss_cfg, parts)
+        with autocast(device, dtype):
+            out = wrapped(batch["images"], class_seq)
+        loss, logs = rsis_loss(float_output(out), batch, loss_cfg, parts)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
-        optimizer.step()
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            if cfg.grad_clip is not None:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            if cfg.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+            optimizer.step()
         for k, v in logs.items():
             sums[k] = sums.get(k, 0.0) + v
         n_batches += 1

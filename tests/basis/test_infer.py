@@ -72,3 +72,38 @@ def test_plain_rsis_stops_on_the_stop_head():
         model.fc_stop.bias.fill_(-10.0)
     preds = predict(model, DATA)
     assert all(len(p.rles) == 0 and p.iou_true == [] for p in preds)
+
+
+def test_image_score_mae_arithmetic():
+    """Table 2 metric: mean over images of |mean iou_pred − mean iou_true|."""
+    import pytest
+
+    from basis.infer import image_score_mae
+    from basis.types import ImagePrediction
+
+    def pred(i, iou_pred, iou_true):
+        n = len(iou_pred)
+        return ImagePrediction(image_id=i, height=4, width=4, labels=[1] * n,
+                               scores=[1.0] * n, iou_pred=iou_pred, iou_true=iou_true)
+
+    preds = [
+        pred(0, [0.5, 0.7], [0.9, 0.5]),    # score 0.6, true 0.7 → 0.1
+        pred(1, [0.2], [0.8]),              # 0.2 vs 0.8 → 0.6
+        pred(2, [], []),                    # no objects: 0 vs 0 → 0
+        pred(3, [1.0, 0.0, 0.5], [0.0, 0.0, 0.0]),  # 0.5 vs 0 → 0.5
+    ]
+    assert image_score_mae(preds) == pytest.approx((0.1 + 0.6 + 0.0 + 0.5) / 4)
+    assert image_score_mae(preds[:1]) == pytest.approx(0.1)
+    with pytest.raises(ValueError):
+        image_score_mae([pred(0, [0.5], None)])
+    with pytest.raises(ValueError):
+        image_score_mae([])
+
+
+def test_image_score_mae_of_predictions():
+    from basis.infer import image_score_mae
+
+    torch.manual_seed(0)
+    preds = predict(RSIS(ModelConfig(hidden=16)), DATA)
+    expect = sum(abs(p.image_score - p.image_iou_true) for p in preds) / len(preds)
+    assert abs(image_score_mae(preds) - expect) < 1e-12
