@@ -89,22 +89,36 @@ def area_order(masks: torch.Tensor) -> torch.Tensor:
     return torch.sort(areas, descending=True, stable=True).indices
 
 
+CLASS_ORDERS = ("class", "area")
+
+
 def class_sequence(labels_list: Sequence[torch.Tensor], masks_list: Sequence[torch.Tensor],
-                   steps: int) -> torch.Tensor:
-    """W-RSIS training inputs: each image's labels in area order, largest first.
+                   steps: int, order: str = "class") -> torch.Tensor:
+    """W-RSIS training inputs: each image's weak labels, one step per instance.
+
+    ``order="class"`` (default): by class id, as at inference, where only the IL+C
+    labels are known (`basis.infer.weak_class_sequence`); a network trained on another
+    order meets an unseen sequence on every multi-class image. ``"area"``: RSIS's
+    ground-truth order, largest instance first (reproducible in training only).
 
     Args:
         labels_list: per image (K_b,) long.
         masks_list: per image (K_b, H, W) bool.
         steps: T; longer sequences keep their T largest instances.
+        order: "class" or "area".
 
     Returns:
         (B, T) long, padded with 0.
     """
+    if order not in CLASS_ORDERS:
+        raise ValueError(f"order={order!r} not in {CLASS_ORDERS}")
     out = torch.zeros(len(labels_list), steps, dtype=torch.long)
     for b, (lab, msk) in enumerate(zip(labels_list, masks_list)):
         k = min(int(lab.numel()), steps)
-        out[b, :k] = lab[area_order(msk)][:k].cpu()
+        kept = lab[area_order(msk)][:k].cpu()          # the T largest, largest first
+        if order == "class":                             # stable: by class, then area
+            kept = kept[torch.sort(kept, stable=True).indices]
+        out[b, :k] = kept
     return out
 
 

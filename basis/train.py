@@ -51,7 +51,7 @@ from basis.infer import (
     forward_for_inference,
     weak_class_sequence,
 )
-from basis.losses import LossConfig, class_sequence, iou_target_transform, rsis_loss
+from basis.losses import CLASS_ORDERS, LossConfig, class_sequence, iou_target_transform, rsis_loss
 from basis.metrics.iou import match_true_iou
 from basis.models.rsis import RSIS
 
@@ -94,6 +94,9 @@ class TrainConfig:
             held-out images give honest targets at the price of fewer images to segment.
             Default 0.0 (the paper's setup): on synthetic 64 px data with N = 40 and
             100, 0.2 gave no consistent MAE gain and cost AP (fewer images to segment).
+        class_order: the order of W-RSIS's class inputs in training: "class" (default;
+            class id, then area — the only order inference can reproduce from IL+C
+            labels) or "area" (RSIS's largest-first ground-truth order).
         lr_schedule: learning-rate factor per epoch, stepped after every epoch:
             "constant" (default, factor 1), "cosine" (½(1 + cos(π e / E))) or "poly"
             ((1 − e / E)^0.9). For the encoder and decoder groups e counts the
@@ -127,8 +130,11 @@ class TrainConfig:
     amp: str = "none"
     channels_last: bool = False
     freeze_bn: bool = False
+    class_order: str = "class"
 
     def __post_init__(self) -> None:
+        if self.class_order not in CLASS_ORDERS:
+            raise ValueError(f"class_order={self.class_order!r} not in {CLASS_ORDERS}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule={self.lr_schedule!r} not in {LR_SCHEDULES}")
         if self.amp not in AMP_MODES:
@@ -574,7 +580,8 @@ def _run_epoch(wrapped: nn.Module, model: RSIS, loader: Iterable[dict],
         class_seq = None
         if model.cfg.weak:
             steps = max(1, max(int(lab.numel()) for lab in batch["labels"]))
-            class_seq = class_sequence(batch["labels"], batch["masks"], steps).to(device)
+            class_seq = class_sequence(batch["labels"], batch["masks"], steps,
+                                       cfg.class_order).to(device)
             batch["class_seq"] = class_seq
         with autocast(device, dtype):
             out = wrapped(batch["images"], class_seq)

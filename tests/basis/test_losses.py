@@ -59,6 +59,14 @@ def test_area_order_and_class_sequence():
     seq = class_sequence([labels, labels[:1]], [masks, masks[:1]], steps=4)
     assert seq.tolist() == [[1, 2, 3, 0], [3, 0, 0, 0]]
     assert class_sequence([labels], [masks], steps=2).tolist() == [[1, 2]]
+    # where the orders differ: class id first (as at inference), or area first (RSIS)
+    labels = torch.tensor([3, 2, 1])         # small=3, big=2, mid=1
+    assert class_sequence([labels], [masks], steps=3).tolist() == [[1, 2, 3]]
+    assert class_sequence([labels], [masks], steps=3, order="area").tolist() == [[2, 1, 3]]
+    # truncation keeps the largest instances, then orders them by class
+    assert class_sequence([labels], [masks], steps=2).tolist() == [[1, 2]]
+    with pytest.raises(ValueError, match="order"):
+        class_sequence([labels], [masks], steps=3, order="random")
 
 
 def test_soft_iou_cost_excludes_ignore():
