@@ -231,3 +231,27 @@ def test_two_implementations_agree(seed: int, void_iou: str):
     for c in range(1, 4):
         a, b = coco["per_class"][c], voc["per_class"][c]
         assert (math.isnan(a) and math.isnan(b)) or abs(a - b) <= INTERPOLATION_TOL
+
+
+def _first_pixels(mask: np.ndarray, n: int) -> np.ndarray:
+    out = np.zeros_like(mask)
+    ys, xs = np.nonzero(mask)
+    out[ys[:n], xs[:n]] = True
+    return out
+
+
+@pytest.mark.parametrize("pixels,expected", [(51, 1.0), (49, 0.0)])
+def test_iou_just_above_and_below_one_half(pixels, expected):
+    gt = box(0, 10, 0, 10)                              # 100 pixels
+    p = _first_pixels(gt, pixels)                       # inside it: IoU = pixels / 100
+    coco, voc = both([sample(1, [gt], [1])], [pred(1, [p], [1], [0.9])], n_classes=1)
+    assert coco["ap50"] == pytest.approx(expected) and voc["ap50"] == pytest.approx(expected)
+
+
+def test_a_duplicate_detection_is_a_false_positive():
+    s = [sample(1, [A, B], [1, 1])]
+    p = [pred(1, [A, A, B], [1, 1, 1], [0.9, 0.8, 0.7])]  # TP, duplicate (FP), TP
+    coco, voc = both(s, p, n_classes=1)
+    # precision 1 up to recall 0.5, then 2/3 up to recall 1
+    assert coco["ap50"] == pytest.approx((51 + 50 * 2 / 3) / 101)
+    assert voc["ap50"] == pytest.approx(0.5 + 0.5 * 2 / 3)
