@@ -68,6 +68,7 @@ class DataConfig:
     coco_test: str | None = None       # COCO JSON of the test images (coco)
     coco_additional: str | None = None  # COCO JSON of the additional pool (coco, optional)
     image_root: str | None = None      # folder of the COCO images
+    check_images: bool = True          # read every image before submitting (real data)
     sizes_from_disk: bool = False      # set by `SweepConfig.resolved` for real data
 
     def paths(self) -> dict[str, str | None]:

@@ -59,6 +59,25 @@ def n_classes(data: Mapping[str, Any]) -> int:
     return len(COCOInstances(data["coco_train"], data.get("image_root")).category_ids)
 
 
+def check_images(data: Mapping[str, Any]) -> None:
+    """Read every image and annotation of a real dataset (`basis data check`) and refuse
+    the sweep on the first problems, each naming its file. Turn off with
+    ``data.check_images: false`` once a dataset is known good."""
+    from basis.data.check import check
+
+    if data["kind"] == "voc_sbd":
+        targets = [(data["voc_root"], "voc", None), (data["sbd_root"], "sbd", None)]
+    else:
+        targets = [(data[k], "coco", data.get("image_root"))
+                   for k in ("coco_train", "coco_test", "coco_additional") if data.get(k)]
+    for path, fmt, images in targets:
+        report = check(path, fmt, images, max_errors=5)
+        if report["n_errors"]:
+            shown = "; ".join(report["errors"])
+            raise ConfigError(f"data ({data['kind']}): {report['n_errors']} bad image(s) in "
+                              f"{path}: {shown} (run `basis data check {path}`)")
+
+
 def resolve_sizes(data: Mapping[str, Any]) -> dict[str, int]:
     """The split sizes of a real dataset as found on disk (never assumed).
 
@@ -70,6 +89,8 @@ def resolve_sizes(data: Mapping[str, Any]) -> dict[str, int]:
 
     try:
         got = splits(data)
+        if data.get("check_images", True):
+            check_images(data)
     except (DataError, FileNotFoundError, OSError) as err:
         raise ConfigError(f"data ({data['kind']}): {err}") from err
     return {"n_pool": len(got["pool"]), "n_test": len(got["test"]),

@@ -62,3 +62,14 @@ def test_init_stage_runs_on_voc_files(roots, tmp_path):
     scores = pq.read_table(score / "image_scores.parquet").to_pandas()
     assert len(scores) == 12 and int(scores["in_init"].sum()) == 4
     assert scores["image_id"].min() >= 0 and (scores["n_objects"] >= 1).all()
+
+
+def test_a_corrupt_image_stops_the_sweep_before_submission(roots, tmp_path):
+    voc, _ = roots
+    png = sorted((voc / "SegmentationObject").glob("*.png"))[0]
+    png.write_bytes(png.read_bytes()[:40])          # truncated
+    with pytest.raises(ConfigError, match=f"bad image.*{png.name}"):
+        _cfg(roots).resolved()
+    cfg = SweepConfig.from_dict({**_cfg(roots).to_dict(), "data": {
+        **_cfg(roots).to_dict()["data"], "check_images": False}})
+    assert cfg.resolved().data.n_pool == 12         # sizes come from the file lists
