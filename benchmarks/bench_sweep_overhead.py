@@ -6,7 +6,7 @@ The subject is the user's command, ``basis sweep CONFIG --profile local-slurm
 Ray start, Tune trials, content-addressed stage folders and locks, submitit jobs on
 Slurm, metric streaming, Parquet records, the final table. The floor runs the same
 stages as plain submitit jobs from this process: the same `jobs.stages` job objects on
-an executor from `hpc.profiles.make_executor(profile)`, the init job first, then the
+an executor from `hpc.profiles.make_executor(profile)`, the init and score jobs first, then the
 annotate jobs of the same selections (`jobs.trial.select_images`) with the same
 concurrency (``max_concurrent_trials``), waiting on ``job.results()``. The stage work
 is identical, so the difference is what the sweep machinery costs.
@@ -89,7 +89,7 @@ def run_bare(raw: dict, work: Path) -> tuple[float, int]:
     from hpc.profiles import ClusterProfile, make_executor
     from jobs.config import SweepConfig
     from jobs.dag import stage_dir
-    from jobs.stages import AnnotateStage, InitStage
+    from jobs.stages import AnnotateStage, InitStage, ScoreStage
     from jobs.trial import init_spec, select_images
 
     t0 = time.perf_counter()
@@ -107,10 +107,11 @@ def run_bare(raw: dict, work: Path) -> tuple[float, int]:
 
     i_spec = init_spec(cfg, trials[0])       # one seed: one init stage
     init_dir = submit("init", i_spec, InitStage)
-    n_jobs += 1
+    score_dir = submit("score", {**i_spec, "init_dir": str(init_dir)}, ScoreStage)
+    n_jobs += 2
     specs = {}
     for t in trials:
-        init_ids, selected = select_images(init_dir, t)
+        init_ids, selected = select_images(score_dir, t)
         spec = {**i_spec, "train_ids": sorted(init_ids + selected)}
         specs[str(stage_dir(work, "annotate", spec))] = spec   # equal selections: one job
     with ThreadPoolExecutor(max_workers=profile.max_concurrent_trials) as pool:
