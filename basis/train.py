@@ -542,19 +542,8 @@ def _run_iou_epoch(model: RSIS, cache: list[tuple[torch.Tensor, torch.Tensor]],
             sums["iou"] += float(l1.detach())
             sums["loss"] += float(loss.detach())
             n_batches += 1
-    secs = time.perf_counter() - t0
-    metrics = _average(sums, n_batches)
-    n_images = len(cache) * cfg.iou_passes
-    metrics.update({
-        "epoch": float(epoch + 1),
-        "lr_encoder": float(optimizer.param_groups[0]["lr"]),
-        "lr_decoder": float(optimizer.param_groups[1]["lr"]),
-        "lr_iou": float(optimizer.param_groups[2]["lr"]),
-        "images": float(n_images),
-        "seconds": secs,
-        "img_per_s": n_images / max(secs, 1e-9),
-    })
-    return metrics
+    return _epoch_metrics(_average(sums, n_batches), optimizer, epoch,
+                          len(cache) * cfg.iou_passes, time.perf_counter() - t0)
 
 
 def _run_epoch(wrapped: nn.Module, model: RSIS, loader: Iterable[dict],
@@ -603,8 +592,13 @@ def _run_epoch(wrapped: nn.Module, model: RSIS, loader: Iterable[dict],
             sums[k] = sums.get(k, 0.0) + v
         n_batches += 1
         n_images += int(batch["images"].shape[0])
-    secs = time.perf_counter() - t0
-    metrics = _average(sums, n_batches)
+    return _epoch_metrics(_average(sums, n_batches), optimizer, epoch, n_images,
+                          time.perf_counter() - t0)
+
+
+def _epoch_metrics(metrics: dict[str, float], optimizer: torch.optim.Optimizer, epoch: int,
+                   n_images: int, secs: float) -> dict[str, float]:
+    """An epoch's averaged losses plus its learning rates, size and speed."""
     metrics.update({
         "epoch": float(epoch + 1),
         "lr_encoder": float(optimizer.param_groups[0]["lr"]),

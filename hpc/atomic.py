@@ -11,7 +11,7 @@ import signal
 import tempfile
 import threading
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import Any, Iterator
 
 
 @contextlib.contextmanager
@@ -78,11 +78,3 @@ def torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
     with signals_deferred(), atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             torch.save(obj, fh)
-
-
-@contextlib.contextmanager
-def append_line(path: str | os.PathLike[str]) -> Iterator[IO[str]]:
-    """Open ``path`` for appending whole lines (a metrics stream read while written)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", buffering=1) as fh:
-        yield fh
