@@ -5,7 +5,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.basis-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test venv slurm-up slurm-down clean-runs
+.PHONY: demo test study venv slurm-up slurm-down clean-runs
 
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,16 @@ slurm-down:
 
 test: venv slurm-up
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The scaled-down synthetic study (issue 8): about an hour on 2 cores through the local
+# Slurm; its report lands in docs/results/synthetic/. Rerunning it reproduces the tables
+# (finished trials are skipped; `make clean-runs` first for a run from scratch).
+STUDY_DIR ?= runs/synthetic-study
+STUDY_OUT ?= docs/results/synthetic
+study: venv slurm-up
+	$(VENV)/bin/basis sweep configs/synthetic/study.yaml --profile local-slurm --sweep-dir $(STUDY_DIR)
+	$(VENV)/bin/basis report $(STUDY_DIR) --out $(STUDY_OUT)
+	cp configs/synthetic/study.yaml $(STUDY_OUT)/study.yaml
 
 clean-runs:
 	rm -rf runs

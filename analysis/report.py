@@ -187,7 +187,7 @@ def build(sweep: str | Path, out: str | Path | None = None) -> Report:
     if trials.empty:
         para("No trials recorded yet: no figures.")
     else:
-        made += figures.ap_vs_beta(trials, fig_dir / "ap_vs_beta")
+        made += figures.ap_vs_beta(tables.annotation_trials(trials), fig_dir / "ap_vs_beta")
         image(made[-2], "AP@0.5 vs β per N (mean ± std over seeds); dashed: random "
               "selection. Left oracle IoU, right predicted IoU.")
         selections = read_optional(sweep, "selections")
@@ -197,7 +197,8 @@ def build(sweep: str | Path, out: str | Path | None = None) -> Report:
                  + ("selections" if selections is None or selections.empty else "image scores")
                  + " yet.")
         else:
-            made += figures.subsets(trials, selections, scores, fig_dir / "subsets")
+            made += figures.subsets(tables.annotation_trials(trials), selections, scores,
+                                    fig_dir / "subsets")
             image(made[-2], "Fig. 5: objects per image and mean object size of the "
                   "images each β selects (mean ± std over the selected images).")
         files = figures.image_files(sweep)

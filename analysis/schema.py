@@ -31,6 +31,8 @@ TRIALS = pa.schema([
     # Optional config/outcome columns for Tables 2 and 5–8 (null where a sweep has none):
     pa.field("iou_schedule", pa.string()),     # train.iou_schedule: joint | freeze (Table 2)
     pa.field("iou_target", pa.string()),       # loss.iou_target: sqrt | square | identity
+    pa.field("variant", pa.string()),          # a Table-2 schedule trial ("joint+identity"):
+                                               # null for the main study (Tables 3-8)
     pa.field("pool_fraction", pa.float64()),   # share of the additional pool pseudo-labelled:
                                                # 1.0 → Tables 5/6, 0.5 → Tables 7/8
     pa.field("seg_ap50", pa.float64()),        # AP@0.5 of the segmentation network, [0, 1]

@@ -127,6 +127,19 @@ def _primary(trials: pd.DataFrame) -> pd.DataFrame:
     return trials[frac >= 1.0] if (frac >= 1.0).any() else trials
 
 
+def main_study(trials: pd.DataFrame) -> pd.DataFrame:
+    """The main study's trials: without the Table-2 schedule trials (``variant`` set),
+    which train the random arm under other IoU-branch settings."""
+    variant = _col(trials, "variant")
+    return trials[variant.isna() | (variant == "")]
+
+
+def annotation_trials(trials: pd.DataFrame) -> pd.DataFrame:
+    """One trial per annotation network of the main study (Tables 3/4, the AP-vs-β
+    figure): no Table-2 schedule trials, one pool fraction."""
+    return main_study(_primary(trials))
+
+
 def _seed_note(trials: pd.DataFrame) -> str:
     return "seeds " + ", ".join(str(s) for s in _seeds(trials))
 
@@ -146,7 +159,7 @@ def selection(trials: pd.DataFrame, mode: str = "predicted", metric: str = "ap50
     title = TITLES.get(mode, mode)
     if trials.empty:
         raise ValueError("no trials in the results yet")
-    trials = _primary(trials)
+    trials = annotation_trials(trials)
     if not (trials["mode"] == mode).any():
         return Table(number, title, absent=f"{title}: no {mode} trials in this sweep.")
     ok = _ok(trials)
@@ -260,6 +273,7 @@ def networks(trials: pd.DataFrame, number: int) -> Table:
     title = f"Table {number} — annotation vs segmentation network, {what} ({pool_text})"
     if trials.empty:
         return Table(number, title, absent=f"{title}: no trials in this sweep.")
+    trials = main_study(trials)
     frac = _fractions(trials)
     scoped = trials[frac >= 1.0] if full else trials[frac < 1.0]
     if scoped.empty:

@@ -78,9 +78,21 @@ class DataConfig:
         return {k: getattr(self, k) for k in need}
 
 
+#: The IoU-branch settings a Table-2 schedule may change (train.iou_schedule, loss.iou_target).
+SCHEDULE_KEYS = {"iou_schedule": "train", "iou_target": "loss"}
+
+
 @dataclass(frozen=True)
 class StudyConfig:
-    """The grid: N × β × seed per selection mode, plus the random baseline."""
+    """The grid: N × β × seed per selection mode, plus the random baseline.
+
+    ``schedules`` adds Table 2's rows: each mapping (``iou_schedule``, ``iou_target``)
+    overrides the sweep's IoU-branch settings for extra trials of the random arm — the
+    paper's "N random images" — on the same images as the main random trials, so the
+    rows differ by the schedule alone. The sweep's own settings are the main row.
+    ``segment_modes`` / ``segment_betas`` limit which arms also train the segmentation
+    network (Tables 5/7); empty means every arm.
+    """
 
     n_init: int = 20
     N: tuple[int, ...] = (40, 80)
@@ -90,6 +102,9 @@ class StudyConfig:
     random_baseline: bool = True
     segment: bool = False      # also pseudo-label the additional pool, train RSIS (Tables 5/7)
     pool_fractions: tuple[float, ...] = (1.0,)   # shares of it used (Table 5: 1.0, 7: 0.5)
+    segment_modes: tuple[str, ...] = ()          # arms that segment (random, predicted, …)
+    segment_betas: tuple[float, ...] = ()        # β of those arms that segment
+    schedules: tuple[Mapping[str, str], ...] = ()  # Table 2: extra IoU-branch settings
 
 
 @dataclass(frozen=True)
@@ -123,7 +138,8 @@ class SweepConfig:
                               f"allowed: {', '.join(sorted(top))}")
         data = _sub(DataConfig, raw.pop("data", {}) or {}, "data")
         study = _sub(StudyConfig, raw.pop("study", {}) or {}, "study")
-        for key in ("N", "beta", "seed", "modes", "pool_fractions"):
+        for key in ("N", "beta", "seed", "modes", "pool_fractions", "segment_modes",
+                    "segment_betas", "schedules"):
             study = dataclasses.replace(study, **{key: tuple(_as_list(getattr(study, key)))})
         cfg = cls(name=str(raw.pop("name", default_name)), data=data, study=study,
                   **{k: dict(raw.get(k) or {}) for k in ("model", "train", "loss")},
@@ -163,6 +179,8 @@ class SweepConfig:
         if not s.modes and not s.random_baseline:
             raise ConfigError("study has no modes and no random baseline: nothing to run")
         self._validate_sections()
+        if s.segment and not any(a["pool_fraction"] is not None for a in self.arms()):
+            raise ConfigError("study.segment_modes / segment_betas leave no arm to segment")
 
     def _validate_sections(self) -> None:
         """The checks that need no split sizes."""
@@ -181,6 +199,13 @@ class SweepConfig:
         for b in s.beta:
             if not 0.0 <= float(b) <= 1.0:
                 raise ConfigError(f"study.beta={b} is outside [0, 1]")
+        bad = [m for m in s.segment_modes if m not in MODES]
+        if bad:
+            raise ConfigError(f"study.segment_modes has {bad}; allowed: {', '.join(MODES)}")
+        bad = [b for b in s.segment_betas if float(b) not in [float(x) for x in s.beta]]
+        if bad:
+            raise ConfigError(f"study.segment_betas has {bad}, not in study.beta")
+        self._validate_schedules()
         n_classes = self.n_classes()
         if self.model.get("n_classes", n_classes) != n_classes:
             raise ConfigError(f"model.n_classes={self.model['n_classes']} differs from the "
@@ -188,6 +213,40 @@ class SweepConfig:
                               "from the data")
         for section in SECTIONS:
             build(section, self.section(section))
+
+    def _validate_schedules(self) -> None:
+        seen = set()
+        for i, sched in enumerate(self.study.schedules):
+            if not isinstance(sched, Mapping) or not sched:
+                raise ConfigError(f"study.schedules[{i}]: expected a mapping with "
+                                  f"{' and/or '.join(SCHEDULE_KEYS)}")
+            unknown = sorted(set(sched) - set(SCHEDULE_KEYS))
+            if unknown:
+                raise ConfigError(f"study.schedules[{i}]: unknown key(s) {', '.join(unknown)}; "
+                                  f"allowed: {', '.join(SCHEDULE_KEYS)}")
+            variant = self.with_schedule(sched)
+            for section in set(SCHEDULE_KEYS.values()):
+                try:
+                    build(section, variant.section(section))
+                except ConfigError as err:
+                    raise ConfigError(f"study.schedules[{i}]: {err}") from err
+            name = schedule_name(variant.schedule())
+            if name == schedule_name(self.schedule()) or name in seen:
+                raise ConfigError(f"study.schedules[{i}] repeats the schedule {name}")
+            seen.add(name)
+
+    def schedule(self) -> dict[str, str]:
+        """The sweep's own IoU-branch settings (with the `basis` defaults filled in)."""
+        return {k: getattr(build(sec, self.section(sec)), k) for k, sec in SCHEDULE_KEYS.items()}
+
+    def with_schedule(self, sched: Mapping[str, Any] | None) -> "SweepConfig":
+        """This config with a Table-2 schedule's overrides (itself for None)."""
+        if not sched:
+            return self
+        train, loss = dict(self.train), dict(self.loss)
+        for key, value in sched.items():
+            (train if SCHEDULE_KEYS[key] == "train" else loss)[key] = value
+        return dataclasses.replace(self, train=train, loss=loss)
 
     def section(self, name: str) -> dict[str, Any]:
         """The mapping a `basis` config of ``name`` is built from."""
@@ -216,26 +275,36 @@ class SweepConfig:
         return cfg
 
     def arms(self) -> list[dict[str, Any]]:
-        """The selection arms of the grid: one per (mode, β), plus random."""
-        arms = [{"mode": m, "beta": float(b)} for m in self.study.modes for b in self.study.beta]
-        if self.study.random_baseline:
-            arms.insert(0, {"mode": "random", "beta": None})
+        """The arms of the grid, crossed with N and seed: one per (mode, β) — times the
+        pool fractions where the arm segments — plus random, plus one random arm per
+        Table-2 schedule. Keys: mode, beta, pool_fraction, schedule (None: the sweep's)."""
+        s = self.study
+        base = [{"mode": m, "beta": float(b)} for m in s.modes for b in s.beta]
+        if s.random_baseline:
+            base.insert(0, {"mode": "random", "beta": None})
+        arms = []
+        for arm in base:
+            for f in self._fractions(arm):
+                arms.append({**arm, "pool_fraction": f, "schedule": None})
+        arms += [{"mode": "random", "beta": None, "pool_fraction": None,
+                  "schedule": self.with_schedule(sched).schedule()} for sched in s.schedules]
         return arms
 
-    def fractions(self) -> list[float | None]:
-        """The pool-fraction axis: the study's fractions when it segments, else none."""
-        return [float(f) for f in self.study.pool_fractions] if self.study.segment else [None]
+    def _fractions(self, arm: Mapping[str, Any]) -> list[float | None]:
+        """The pool fractions an arm segments with ([None]: it does not segment)."""
+        s = self.study
+        segments = (s.segment and (not s.segment_modes or arm["mode"] in s.segment_modes)
+                    and (not s.segment_betas or arm["beta"] is None
+                         or float(arm["beta"]) in [float(b) for b in s.segment_betas]))
+        return [float(f) for f in s.pool_fractions] if segments else [None]
 
     def n_trials(self) -> int:
-        return (len(self.arms()) * len(self.study.N) * len(self.study.seed)
-                * len(self.fractions()))
+        return len(self.arms()) * len(self.study.N) * len(self.study.seed)
 
     def trials(self) -> list["TrialConfig"]:
         """Every grid point, in a stable order."""
-        return [TrialConfig(N=n, beta=arm["beta"], seed=seed, mode=arm["mode"],
-                            n_init=self.study.n_init, pool_fraction=f)
-                for seed in self.study.seed for n in self.study.N for f in self.fractions()
-                for arm in self.arms()]
+        return [trial_of(arm, n, seed, self.study.n_init)
+                for seed in self.study.seed for n in self.study.N for arm in self.arms()]
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))
@@ -267,15 +336,34 @@ class TrialConfig:
     mode: str
     n_init: int
     pool_fraction: float | None = None   # set when the trial trains a segmentation network
+    variant: str | None = None           # a Table-2 schedule ("joint+identity"); None: the sweep's
 
     @property
     def key(self) -> str:
         beta = "none" if self.beta is None else f"{self.beta:.2f}"
         key = f"{self.mode}-b{beta}-N{self.N}-s{self.seed}"
-        return key if self.pool_fraction is None else f"{key}-f{self.pool_fraction:.2f}"
+        if self.pool_fraction is not None:
+            key += f"-f{self.pool_fraction:.2f}"
+        return key if self.variant is None else f"{key}-{self.variant}"
 
     def to_flat_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def schedule_name(sched: Mapping[str, Any]) -> str:
+    """``joint+identity``: a Table-2 schedule as a name (trial keys, the variant column)."""
+    return f"{sched['iou_schedule']}+{sched['iou_target']}"
+
+
+def trial_of(arm: Mapping[str, Any], N: int, seed: int, n_init: int) -> TrialConfig:
+    """The trial of one grid point (an arm of `SweepConfig.arms` at N and seed)."""
+    beta = None if arm.get("beta") is None else float(arm["beta"])
+    frac = arm.get("pool_fraction")
+    sched = arm.get("schedule")
+    variant = schedule_name(sched) if sched else None
+    return TrialConfig(N=int(N), beta=beta, seed=int(seed), mode=str(arm["mode"]),
+                       n_init=n_init, pool_fraction=None if frac is None else float(frac),
+                       variant=variant)
 
 
 def digest(obj: Any) -> str:

@@ -139,8 +139,11 @@ def _progress(total: int) -> Any:
 def _key(config: dict[str, Any]) -> str:
     arm = config.get("arm", {})
     beta = "" if arm.get("beta") is None else f" β={arm['beta']}"
-    frac = "" if config.get("pool_fraction") is None else f" pool={config['pool_fraction']}"
-    return f"[{arm.get('mode')}{beta} N={config.get('N')} seed={config.get('seed')}{frac}]"
+    frac = "" if arm.get("pool_fraction") is None else f" pool={arm['pool_fraction']}"
+    sched = arm.get("schedule")
+    sched = f" {sched['iou_schedule']}+{sched['iou_target']}" if sched else ""
+    return (f"[{arm.get('mode')}{beta} N={config.get('N')} seed={config.get('seed')}"
+            f"{frac}{sched}]")
 
 
 def run(cfg: SweepConfig, profile: ClusterProfile, sweep_dir: Path, force: bool = False,
@@ -158,8 +161,6 @@ def run(cfg: SweepConfig, profile: ClusterProfile, sweep_dir: Path, force: bool 
     space = {"N": tune.grid_search(list(cfg.study.N)),
              "seed": tune.grid_search(list(cfg.study.seed)),
              "arm": tune.grid_search(cfg.arms())}
-    if cfg.study.segment:
-        space["pool_fraction"] = tune.grid_search(cfg.fractions())
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(_trainable, ctx=ctx), {"cpu": 1}),
         param_space=space,

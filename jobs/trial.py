@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from hpc.profiles import ClusterProfile, make_executor
 from jobs import dag, records
-from jobs.config import SweepConfig, TrialConfig
+from jobs.config import SweepConfig, TrialConfig, trial_of
 from jobs.stages import AnnotateStage, InitStage, PseudoStage, ScoreStage, SegmentStage
 from jobs.tracking import TrialRun
 
@@ -36,12 +36,8 @@ class SweepContext:
 
 
 def trial_from(config: dict[str, Any], n_init: int) -> TrialConfig:
-    arm = config["arm"]
-    beta = None if arm.get("beta") is None else float(arm["beta"])
-    frac = config.get("pool_fraction")
-    return TrialConfig(N=int(config["N"]), beta=beta, seed=int(config["seed"]),
-                       mode=str(arm["mode"]), n_init=n_init,
-                       pool_fraction=None if frac is None else float(frac))
+    """The trial of a Tune config ``{"N", "seed", "arm"}`` (see `SweepConfig.arms`)."""
+    return trial_of(config["arm"], int(config["N"]), int(config["seed"]), n_init)
 
 
 def init_spec(cfg: SweepConfig, trial: TrialConfig) -> dict[str, Any]:
@@ -100,6 +96,8 @@ def _run_trial(config: dict[str, Any], ctx: SweepContext,
                report: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     cfg = SweepConfig.from_dict(ctx.config)
     trial = trial_from(config, cfg.study.n_init)
+    # a Table-2 schedule changes the trial's own training, not the shared init/score
+    own = cfg.with_schedule(config["arm"].get("schedule"))
     sweep_dir = Path(ctx.sweep_dir)
     done = _completed_row(sweep_dir, trial.key)
     if done is not None:
@@ -110,7 +108,7 @@ def _run_trial(config: dict[str, Any], ctx: SweepContext,
     tags = {"N": trial.N, "beta": trial.beta, "seed": trial.seed, "mode": trial.mode,
             "trial": trial.key, "tune_trial_id": _tune_trial_id()}
     run = TrialRun(ctx.mlflow_uri, ctx.experiment_id, ctx.parent_run_id, trial.key,
-                   {**trial.to_flat_dict(), **cfg.flat(), "profile": ctx.profile.name}, tags,
+                   {**trial.to_flat_dict(), **own.flat(), "profile": ctx.profile.name}, tags,
                    buffer_dir=sweep_dir / "tracking")
 
     def on_metrics(rec: dict[str, Any]) -> None:
@@ -127,8 +125,7 @@ def _run_trial(config: dict[str, Any], ctx: SweepContext,
     job_ids: list[str] = []
     row: dict[str, Any] = {**trial.to_flat_dict(), "trial": trial.key,
                            "mlflow_run_id": run.run_id,
-                           "iou_schedule": cfg.section("train").get("iou_schedule"),
-                           "iou_target": cfg.section("loss").get("iou_target")}
+                           **own.schedule()}
     stages: list[dag.StageResult] = []
 
     def stage(kind: str, spec: dict[str, Any], job_cls: type) -> dag.StageResult:
@@ -144,7 +141,7 @@ def _run_trial(config: dict[str, Any], ctx: SweepContext,
         init = stage("init", i_spec, InitStage)
         score = stage("score", {**i_spec, "init_dir": str(init.dir)}, ScoreStage)
         init_ids, selected = select_images(score.dir, trial)
-        ann_spec = {**i_spec, "train_ids": sorted(init_ids + selected)}
+        ann_spec = {**init_spec(own, trial), "train_ids": sorted(init_ids + selected)}
         records.write(sweep_dir, "selections", trial.key, [
             {"trial": trial.key, "image_id": i, "rank": r, "mode": trial.mode}
             for r, i in enumerate(selected)])
