@@ -279,4 +279,3 @@ def _page(title: str, body: str) -> str:
     return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
             f"<title>{html.escape(title)}</title><style>{style}</style></head>\n"
             f"<body>\n{body}\n</body></html>\n")
-

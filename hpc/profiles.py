@@ -45,6 +45,8 @@ class ClusterProfile:
     timeout_min: int = 60
     max_concurrent_trials: int = 2
     collective_timeout_s: int = 600    # a DDP collective waiting longer fails the job
+    retries: int = 0                   # a failed stage job is submitted again this often
+    job_arrays: bool = True            # same-shape stages go in one Slurm job array
     setup: tuple[str, ...] = ()
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -58,6 +60,13 @@ class ClusterProfile:
             value = getattr(self, key)
             if not isinstance(value, int) or value < 1:
                 raise ProfileError(f"profile {self.name}: {key}={value!r}, must be an integer ≥ 1")
+        if not isinstance(self.retries, int) or isinstance(self.retries, bool) \
+                or self.retries < 0:
+            raise ProfileError(f"profile {self.name}: retries={self.retries!r}, must be an "
+                               "integer ≥ 0")
+        if not isinstance(self.job_arrays, bool):
+            raise ProfileError(f"profile {self.name}: job_arrays={self.job_arrays!r}, must be "
+                               "true or false")
         if not isinstance(self.gpus_per_node, int) or self.gpus_per_node < 0:
             raise ProfileError(f"profile {self.name}: gpus_per_node={self.gpus_per_node!r}, "
                                "must be an integer ≥ 0")
@@ -100,11 +109,17 @@ class ClusterProfile:
         return self.nodes * self.tasks_per_node
 
 
-def make_executor(profile: ClusterProfile, folder: str | Path) -> Any:
+_JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}")
+
+
+def make_executor(profile: ClusterProfile, folder: str | Path, name: str | None = None) -> Any:
     """A submitit executor for ``profile`` writing its logs under ``folder``.
 
     Every parameter reaches ``sbatch`` through submitit's own typed parameters.
+    ``name`` is the Slurm job name (``squeue``, ``sacct --name``), e.g. ``basis-demo-init``.
     """
+    if name is not None and not _JOB_NAME.fullmatch(name):
+        raise ProfileError(f"job name {name!r}: use letters, digits, '_', '.', '+', '-'")
     import submitit
 
     from hpc.distributed import TIMEOUT_ENV
@@ -136,6 +151,8 @@ def make_executor(profile: ClusterProfile, folder: str | Path) -> Any:
     if profile.qos:
         params["slurm_qos"] = profile.qos
     params["slurm_setup"] = [env_line, *profile.setup]
+    if name:
+        params["name"] = name
     # one failed rank ends the whole step, so its peers do not wait out the wall-time
     params["slurm_srun_args"] = ["--kill-on-bad-exit=1"]
     params.update({f"slurm_{k}": v for k, v in profile.extra.items()})

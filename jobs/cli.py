@@ -18,6 +18,7 @@ examples:
   basis sweep configs/demo.yaml --detach             # return at once, driver runs on
   basis sweep --resume runs/demo                     # continue a sweep, skip what is done
   basis status runs/demo                             # per-trial state and Slurm ids
+  basis ui runs/demo                                 # MLflow UI for the sweep on 127.0.0.1
   basis profiles                                     # list the cluster profiles
 
 A sweep folder is resumable: run the same command again and finished stages and
@@ -43,6 +44,12 @@ def _sweep(args: argparse.Namespace) -> int:
     else:
         raise ConfigError("give a sweep config, or --resume SWEEP")
     profile = ClusterProfile.load(profile_name)
+    if args.retries is not None:
+        if args.retries < 0:
+            raise ConfigError(f"--retries {args.retries}: must be ≥ 0")
+        import dataclasses
+
+        profile = dataclasses.replace(profile, retries=args.retries)
     print(f"basis: sweep {cfg.name!r}: {cfg.n_trials()} trials on profile {profile.name!r} "
           f"({profile.executor}), folder {sweep_dir}", flush=True)
     if args.detach:
@@ -116,6 +123,12 @@ def _status(args: argparse.Namespace) -> int:
         raise ValueError(f"{sweep} is not a sweep folder (no config.yaml)")
     print(render(sweep))
     return 0
+
+
+def _ui(args: argparse.Namespace) -> int:
+    from jobs.ui import serve
+
+    return serve(Path(args.sweep), port=args.port, wait=not args.no_wait)
 
 
 def _budget(args: argparse.Namespace) -> int:
@@ -201,6 +214,9 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--sweep-dir", help="sweep folder (default: runs/<config name>)")
     sp.add_argument("--tracking-uri", help="MLflow tracking URI, e.g. http://127.0.0.1:5000 "
                     "(default: an sqlite file in the sweep folder; kept for --resume)")
+    sp.add_argument("--retries", type=int, metavar="N",
+                    help="submit a failed stage job again up to N times; it resumes from "
+                    "its checkpoint (default: the profile's `retries`, 0 as shipped)")
     sp.add_argument("--force", action="store_true",
                     help="run into a sweep folder that holds another config")
     sp.add_argument("--verbose", type=int, default=0, choices=(0, 1, 2),
@@ -232,6 +248,16 @@ def parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="per-trial state of a sweep (done/failed/running/pending)")
     st.add_argument("sweep", help="sweep folder")
     st.set_defaults(func=_status)
+
+    up = sub.add_parser("ui", help="open the sweep's MLflow UI: start `mlflow ui` on "
+                        "127.0.0.1 for an sqlite store (or print a tracking server's URL)")
+    up.add_argument("sweep", help="sweep folder")
+    up.add_argument("--port", type=int, default=5000,
+                    help="port on 127.0.0.1 (default 5000)")
+    up.add_argument("--no-wait", action="store_true",
+                    help="return once the UI answers and leave it running in the "
+                    "background (pid in SWEEP/mlflow-ui.pid)")
+    up.set_defaults(func=_ui)
 
     bp = sub.add_parser(
         "budget", help="annotation cost: Table 1 and the budget of configurations",

@@ -130,18 +130,77 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def _submit(sweep_dir: Path, d: Path, cfg: dict[str, Any], job: Callable[[Path], Any],
+            executor: Callable[[Path], Any], fresh: bool = True) -> Any:
+    """Submit the stage's job; record its id → the submitit job handle.
+
+    ``fresh`` starts the metrics stream over (a first attempt); a retry keeps the epochs
+    already streamed, as it resumes from the stage's checkpoint.
+    """
+    if fresh:
+        (d / METRICS).unlink(missing_ok=True)
+    (d / "config.json").write_text(json.dumps(cfg, indent=1, sort_keys=True, default=str))
+    # a fresh submitit folder per attempt: Slurm job ids restart when its state is wiped,
+    # and a reused folder would hand back an old job's result
+    folder = Path(sweep_dir) / "submitit" / d.name / time.strftime("%Y%m%d-%H%M%S")
+    while folder.exists():      # a retry within the same second
+        folder = folder.with_name(folder.name + "x")
+    handle = executor(folder).submit(job(d))
+    _record(d, handle, folder)
+    log.info("stage %s submitted as job %s (logs: %s)", d.name, handle.job_id, folder)
+    return handle
+
+
+def _record(d: Path, handle: Any, folder: Path) -> None:
+    kind = "slurm" if type(handle).__name__ == "SlurmJob" else "local"
+    with open(d / "job_ids", "a") as fh:
+        fh.write(f"{handle.job_id} {folder} {len(handle._tasks)} {kind}\n")
+
+
+def submit_array(sweep_dir: Path, kind: str, cfgs: list[dict[str, Any]],
+                 job: Callable[[dict[str, Any], Path], Any],
+                 executor: Callable[[Path], Any]) -> list[str]:
+    """Submit the stages of ``cfgs`` that are neither done nor queued as one Slurm job
+    array (submitit's ``batch``) → the array's job ids. Trials then find each stage
+    queued and wait for it (`ensure` reattaches) instead of submitting it again."""
+    todo = []
+    for cfg in cfgs:
+        d = stage_dir(sweep_dir, kind, cfg)
+        if (d / DONE).exists() or any(t[0] == d for t in todo):
+            continue
+        d.mkdir(parents=True, exist_ok=True)
+        if _reattach(d) is None:
+            todo.append((d, cfg))
+    if len(todo) < 2:       # one stage is no array: its trial submits it
+        return []
+    folder = Path(sweep_dir) / "submitit" / f"array-{kind}" / time.strftime("%Y%m%d-%H%M%S")
+    ex = executor(folder)
+    for d, cfg in todo:
+        (d / METRICS).unlink(missing_ok=True)
+        (d / "config.json").write_text(json.dumps(cfg, indent=1, sort_keys=True, default=str))
+    with ex.batch():
+        handles = [ex.submit(job(cfg, d)) for d, cfg in todo]
+    for (d, _), handle in zip(todo, handles):
+        _record(d, handle, folder)
+    ids = [h.job_id for h in handles]
+    log.info("%d %s stages submitted as one job array: %s", len(ids), kind, ", ".join(ids))
+    return ids
+
+
 def ensure(sweep_dir: Path, kind: str, cfg: dict[str, Any], job: Callable[[Path], Any],
            executor: Callable[[Path], Any],
            on_metrics: Callable[[dict[str, Any]], None] | None = None,
-           poll_s: float = 1.0) -> StageResult:
+           poll_s: float = 1.0, retries: int = 0) -> StageResult:
     """Make sure the stage of ``cfg`` is done; submit ``job(stage_dir)`` if it is not.
 
     Args:
         job: builds the submitit job object for the stage folder.
         executor: builds a submitit executor writing its logs in the given folder.
         on_metrics: called with every per-epoch record the job appends while it runs.
+        retries: a failed job is submitted again this often (it resumes from the
+            stage's checkpoint) before the stage counts as failed.
     Raises:
-        StageFailed: the job failed; the message and log path say why.
+        StageFailed: the job failed (every attempt); the message and log path say why.
     """
     d = stage_dir(sweep_dir, kind, cfg)
     if (d / DONE).exists():
@@ -155,36 +214,37 @@ def ensure(sweep_dir: Path, kind: str, cfg: dict[str, Any], job: Callable[[Path]
             log.info("stage %s: job %s is still %s; waiting for it", d.name, handle.job_id,
                      handle.state)
         else:
-            (d / METRICS).unlink(missing_ok=True)   # a new attempt streams from epoch 1
-            (d / "config.json").write_text(json.dumps(cfg, indent=1, sort_keys=True,
-                                                      default=str))
-            # a fresh submitit folder per attempt: Slurm job ids restart when its state
-            # is wiped, and a reused folder would hand back an old job's result
-            folder = Path(sweep_dir) / "submitit" / d.name / time.strftime("%Y%m%d-%H%M%S")
-            handle = executor(folder).submit(job(d))
-            kind = "slurm" if type(handle).__name__ == "SlurmJob" else "local"
-            with open(d / "job_ids", "a") as fh:
-                fh.write(f"{handle.job_id} {folder} {len(handle._tasks)} {kind}\n")
-            log.info("stage %s submitted as job %s (logs: %s)", d.name, handle.job_id, folder)
-        offset = 0
+            handle = _submit(sweep_dir, d, cfg, job, executor)
+        offset, attempt = 0, 0
         while True:
-            finished = handle.done()
-            records, offset = read_metrics(d / METRICS, offset)
-            for rec in records:
-                if on_metrics is not None:
-                    on_metrics(rec)
-            if finished:
+            while True:
+                finished = handle.done()
+                records, offset = read_metrics(d / METRICS, offset)
+                for rec in records:
+                    if on_metrics is not None:
+                        on_metrics(rec)
+                if finished:
+                    break
+                time.sleep(poll_s)
+            try:
+                handle.results()   # every task's; `result()` refuses multi-task jobs
                 break
-            time.sleep(poll_s)
+            except Exception as err:  # submitit: FailedJobError / UncompletedJobError
+                short = _summary(err)
+                state = _final_state(handle)
+                if state:
+                    short = f"job {handle.job_id} ended {state}: {short}"
+                if attempt < retries:
+                    attempt += 1
+                    log.warning("stage %s: %s; retry %d of %d", d.name, short[:300], attempt,
+                                retries)
+                    handle = _submit(sweep_dir, d, cfg, job, executor, fresh=False)
+                    continue
+                if attempt:
+                    short = f"{short} (after {attempt + 1} attempts)"
+                raise StageFailed(d.name, short[:500], str(handle.paths.stderr),
+                                  job_ids(d)) from err
         ids = job_ids(d)
-        try:
-            handle.results()   # every task's; `result()` refuses multi-task jobs
-        except Exception as err:  # submitit raises FailedJobError / UncompletedJobError
-            short = _summary(err)
-            state = _final_state(handle)
-            if state:
-                short = f"job {handle.job_id} ended {state}: {short}"
-            raise StageFailed(d.name, short[:500], str(handle.paths.stderr), ids) from err
         if not (d / DONE).exists():
             raise StageFailed(d.name, "job ended without writing DONE",
                               str(handle.paths.stderr), ids)

@@ -122,13 +122,23 @@ class StageJob:
                        hooks=hooks, state=state, progress=False)
         return result.model
 
-    def evaluate(self, model: Any, test: Any) -> dict[str, float]:
-        """AP@0.5 on the test split and the MAE of the image IoU score there."""
+    def evaluate(self, model: Any, test: Any, keep: list[Any] | None = None
+                 ) -> dict[str, float]:
+        """AP@0.5 on the test split and the MAE of the image IoU score there.
+
+        Args:
+            model: the trained network.
+            test: the test split.
+            keep: if given, the test predictions (`ImagePrediction`s) are appended to
+                it, so a caller can reuse them without predicting twice.
+        """
         from basis.infer import predict
         from basis.metrics.ap import evaluate_ap
         from basis.metrics.iou import image_score_mae
 
         preds = predict(model, test, loss_cfg=build("loss", self.spec["loss"]))
+        if keep is not None:
+            keep.extend(preds)
         # void pixels leave a detection's union, as in RSIS's patched evaluation
         ap = evaluate_ap(test, preds, n_classes=model.cfg.n_classes, void_iou="exclude")
         if not model.cfg.iou_head:
@@ -224,7 +234,20 @@ class AnnotateStage(StageJob):
         if not env.is_rank0:
             return {}
         atomic.torch_save(model.state_dict(), self.stage_dir / "model.pt")
-        return {"n_train": len(ids), **self.evaluate(model, test)}
+        preds: list[Any] = []
+        metrics = self.evaluate(model, test, keep=preds)
+        self.save_qualitative(test, preds)
+        return {"n_train": len(ids), **metrics}
+
+    def save_qualitative(self, test: Any, preds: list[Any]) -> None:
+        """Fig. 7-style ``qualitative.png`` of the first test images; a failure to draw
+        is logged, never raised (the picture is a by-product of the stage)."""
+        try:
+            from basis.viz import qualitative, save_qualitative
+
+            save_qualitative(self.stage_dir / "qualitative.png", qualitative(test, preds))
+        except Exception as err:  # any drawing error must not fail the stage
+            log.warning("qualitative picture of %s not written: %r", self.stage_dir.name, err)
 
 
 class PseudoStage(StageJob):

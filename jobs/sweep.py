@@ -155,6 +155,8 @@ def run(cfg: SweepConfig, profile: ClusterProfile, sweep_dir: Path, force: bool 
                    tracking_uri=tracking_uri)
     ctx = SweepContext(str(sweep_dir), cfg.to_dict(), profile, meta["mlflow_uri"],
                        meta["experiment_id"], meta["parent_run_id"])
+    if profile.executor == "slurm" and profile.job_arrays:
+        submit_init_array(cfg, profile, sweep_dir)
     _ray_init(num_cpus=profile.max_concurrent_trials)
     from ray import tune
 
@@ -177,6 +179,20 @@ def run(cfg: SweepConfig, profile: ClusterProfile, sweep_dir: Path, force: bool 
     finally:
         end_sweep(sweep_dir, meta, status)
     return meta
+
+
+def submit_init_array(cfg: SweepConfig, profile: ClusterProfile, sweep_dir: Path) -> list[str]:
+    """Submit every seed's init stage at once, as one Slurm job array; the trials then
+    wait for their seed's array task instead of each submitting it → the job ids."""
+    from hpc.profiles import make_executor
+    from jobs import dag
+    from jobs.stages import InitStage
+    from jobs.trial import init_spec, job_name
+
+    specs = {t.seed: init_spec(cfg, t) for t in cfg.trials()}
+    return dag.submit_array(
+        sweep_dir, "init", list(specs.values()), lambda spec, d: InitStage(spec, d),
+        lambda folder: make_executor(profile, folder, name=job_name(cfg, "init")))
 
 
 def end_sweep(sweep_dir: Path, meta: dict[str, Any], status: str) -> None:
@@ -248,7 +264,7 @@ def detach(cfg: SweepConfig, profile: ClusterProfile, sweep_dir: Path,
         return f"Slurm job {job.job_id}, log {job.paths.stderr}"
     log_path = sweep_dir / "driver.log"
     cmd = [sys.executable, "-m", "jobs.cli", "sweep", "--resume", str(sweep_dir),
-           "--profile", profile.name]
+           "--profile", profile.name, "--retries", str(profile.retries)]
     with open(log_path, "ab") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)

@@ -112,6 +112,42 @@ class TrialRun:
     def end(self, status: str) -> None:
         self.buffer.append({"op": "end", "status": status})
 
+    def stage(self, kind: str, params: Mapping[str, Any], tags: Mapping[str, Any]
+              ) -> "StageRun":
+        """A run nested under this trial's run for one of its stages."""
+        return StageRun(self, kind, params, tags)
+
+
+class StageRun(TrialRun):
+    """The nested run of one stage of a trial (``init``, ``score``, ``annotate`` …).
+
+    Buffered like its trial, in ``BUFFER/stages/<trial>/<kind>.jsonl``; its parent is the
+    trial's run, found at replay time (the trial's run id is unknown while offline).
+    """
+
+    def __init__(self, trial: TrialRun, kind: str, params: Mapping[str, Any],
+                 tags: Mapping[str, Any]) -> None:
+        self.uri, self.key = trial.uri, trial.key
+        folder = trial.buffer.path.parent / "stages" / trial.key
+        self.buffer = Buffer(folder / f"{kind}.jsonl", trial.uri)
+        open_event = trial.buffer.first()
+        self.buffer.append({
+            "op": "open", "experiment_id": open_event["experiment_id"],
+            "parent_run_file": str(trial.buffer.run_path), "name": f"{trial.key}/{kind}",
+            "params": _params(params),
+            "match": {"trial": trial.key, "basis.stage": kind},
+            "tags": {"basis.kind": "stage", "basis.stage": kind, "trial": trial.key,
+                     **{k: str(v) for k, v in tags.items()}}})
+
+    def history(self, records: list[tuple[int, Mapping[str, float]]]) -> None:
+        """Per-epoch metrics in one event: ``[(epoch, {name: value}), …]``."""
+        import time
+
+        ts = int(time.time() * 1000)
+        self.buffer.append({"op": "history", "ts": ts, "steps": [
+            {"step": int(e), "values": {k: float(v) for k, v in vals.items()}}
+            for e, vals in records]})
+
 
 class Buffer:
     """An append-only event log of one run and how far it has reached the store."""
@@ -133,6 +169,13 @@ class Buffer:
             fh.write(json.dumps(event) + "\n")
         if time.time() >= self._offline_until:
             self.flush()
+
+    def first(self) -> dict[str, Any]:
+        """The buffer's first event (its ``open``)."""
+        import json
+
+        with open(self.path) as fh:
+            return json.loads(fh.readline())
 
     def pending(self) -> tuple[list[dict[str, Any]], int]:
         import json
@@ -169,10 +212,17 @@ class Buffer:
 
         op = event["op"]
         if op == "open":
-            tags = event["tags"]
-            found = client.search_runs(
-                [event["experiment_id"]], f"tags.`{PARENT_TAG}` = '{event['parent']}' "
-                f"and tags.trial = '{tags.get('trial', event['name'])}'", max_results=1)
+            parent = event.get("parent")
+            if parent is None:    # a stage run: its trial's run must exist first
+                run_file = Path(event["parent_run_file"])
+                if not run_file.exists():
+                    raise RuntimeError(f"{self.path}: its trial's run is not created yet")
+                parent = run_file.read_text().strip()
+            tags = {**event["tags"], PARENT_TAG: parent}
+            match = event.get("match") or {"trial": tags.get("trial", event["name"])}
+            query = " and ".join([f"tags.`{PARENT_TAG}` = '{parent}'"]
+                                 + [f"tags.`{k}` = '{v}'" for k, v in match.items()])
+            found = client.search_runs([event["experiment_id"]], query, max_results=1)
             if found:   # a trial whose driver died comes back to its own run
                 self.run_id = found[0].info.run_id
                 client.update_run(self.run_id, status="RUNNING")
@@ -193,6 +243,11 @@ class Buffer:
             client.log_batch(self.run_id, metrics=[
                 mlflow.entities.Metric(k, v, event.get("ts", int(time.time() * 1000)),
                                        event["step"]) for k, v in event["values"].items()])
+        elif op == "history":
+            metrics = [mlflow.entities.Metric(k, v, event["ts"], step["step"])
+                       for step in event["steps"] for k, v in step["values"].items()]
+            for i in range(0, len(metrics), 900):    # log_batch takes ≤ 1000 metrics
+                client.log_batch(self.run_id, metrics=metrics[i:i + 900])
         elif op == "artifact":
             if Path(event["path"]).exists():
                 client.log_artifact(self.run_id, event["path"])
@@ -206,7 +261,9 @@ def sync(buffer_dir: str | Path, uri: str) -> dict[str, int]:
     """Replay every trial's pending events (``basis sync``) → counts of synced and
     still-pending runs."""
     out = {"synced": 0, "pending": 0, "events": 0}
-    for path in sorted(Path(buffer_dir).glob("*.jsonl")):
+    folder = Path(buffer_dir)
+    # trials first: a stage run is nested under its trial's run
+    for path in sorted(folder.glob("*.jsonl")) + sorted(folder.glob("stages/*/*.jsonl")):
         buf = Buffer(path, uri)
         events, _ = buf.pending()
         if buf.flush():

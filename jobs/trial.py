@@ -118,8 +118,8 @@ def _run_trial(config: dict[str, Any], ctx: SweepContext,
         run.metrics(values, step=epoch)
         report({**values, "stage": stage, "epoch": epoch})
 
-    def executor(folder: Path) -> Any:
-        return make_executor(ctx.profile, folder)
+    def executor(kind: str) -> Callable[[Path], Any]:
+        return lambda folder: make_executor(ctx.profile, folder, name=job_name(cfg, kind))
 
     i_spec = init_spec(cfg, trial)
     job_ids: list[str] = []
@@ -129,11 +129,20 @@ def _run_trial(config: dict[str, Any], ctx: SweepContext,
     stages: list[dag.StageResult] = []
 
     def stage(kind: str, spec: dict[str, Any], job_cls: type) -> dag.StageResult:
-        result = dag.ensure(sweep_dir, kind, spec, lambda d: job_cls(spec, d), executor,
-                            on_metrics)
+        d = dag.stage_dir(sweep_dir, kind, spec)
+        nested = run.stage(kind, flat_spec(spec), {"stage_dir": d})
+        try:
+            result = dag.ensure(sweep_dir, kind, spec, lambda d: job_cls(spec, d),
+                                executor(kind), on_metrics, retries=ctx.profile.retries)
+        except dag.StageFailed as err:
+            nested.tag("error", str(err)[:5000])
+            nested.tag("slurm_job_id", ",".join(err.job_ids))
+            nested.end("FAILED")
+            raise
         stages.append(result)
         job_ids.extend(j for j in result.job_ids if j not in job_ids)
         run.tag("slurm_job_id", ",".join(job_ids))
+        _log_stage(nested, result)
         return result
 
     try:
@@ -162,7 +171,8 @@ def _run_trial(config: dict[str, Any], ctx: SweepContext,
                            seg_budget_days=row["seg_budget_days"])
         row["status"] = "COMPLETED"
         run.metrics(metrics)
-        _log_artifacts(run, sweep_dir, trial, selected)
+        _log_artifacts(run, sweep_dir, trial, selected,
+                       [score.dir / "image_scores.parquet", ann.dir / "qualitative.png"])
         status = "FINISHED"
     except dag.StageFailed as err:
         job_ids.extend(j for j in err.job_ids if j not in job_ids)
@@ -182,13 +192,50 @@ def _run_trial(config: dict[str, Any], ctx: SweepContext,
     return final
 
 
+def job_name(cfg: SweepConfig, kind: str) -> str:
+    """The Slurm job name of a sweep's stage: ``basis-<sweep>-<kind>`` (``sacct --name``)."""
+    return f"basis-{cfg.name}-{kind}"
+
+
+def flat_spec(spec: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A stage spec as MLflow params: nested keys joined by '.', long id lists counted."""
+    out: dict[str, Any] = {}
+    for k, v in spec.items():
+        if isinstance(v, dict):
+            out.update(flat_spec(v, f"{prefix}{k}."))
+        elif isinstance(v, list) and len(v) > 8:
+            out[f"{prefix}{k}"] = f"<{len(v)} ids>"
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _log_stage(nested: Any, result: dag.StageResult) -> None:
+    """A stage's nested run: its per-epoch metrics, its result numbers, whether this
+    trial computed it or found it done (shared with another trial), its job ids."""
+    recs, _ = dag.read_metrics(result.dir / dag.METRICS, 0)
+    nested.history([(int(r.get("epoch", 0)),
+                     {k: v for k, v in r.items() if k not in ("stage", "epoch", "time")
+                      and isinstance(v, (int, float)) and not isinstance(v, bool)})
+                    for r in recs])
+    nested.metrics({k: v for k, v in result.result.items()
+                    if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    nested.tag("reused", str(not result.computed).lower())
+    nested.tag("slurm_job_id", ",".join(result.job_ids))
+    nested.end("FINISHED")
+
+
 def _log_artifacts(run: TrialRun, sweep_dir: Path, trial: TrialConfig,
-                   selected: list[int]) -> None:
-    """config.yaml and the selected image ids, attached to the trial's MLflow run (kept
-    in the sweep folder: a buffered event may upload them later)."""
+                   selected: list[int], outputs: list[Path]) -> None:
+    """config.yaml, the selected image ids, and the stage outputs that exist (the pool's
+    image scores, the annotation network's qualitative PNG), attached to the trial's
+    MLflow run (kept in the sweep folder: a buffered event may upload them later)."""
     import json
 
     run.artifact(sweep_dir / "config.yaml")
+    for path in outputs:
+        if path.exists():
+            run.artifact(path)
     path = sweep_dir / "tracking" / "artifacts" / trial.key / "selected_ids.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"trial": trial.key, "selected": selected}))

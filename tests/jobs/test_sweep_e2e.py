@@ -50,8 +50,19 @@ def check_records(sweep: Path, n_trials: int, table: bool = True) -> list[str]:
 
     client = MlflowClient(tracking_uri=meta["mlflow_uri"])
     for run in runs:
+        nested = client.search_runs([meta["experiment_id"]],
+                                    f"tags.mlflow.parentRunId = '{run.info.run_id}'")
+        kinds = sorted(r.data.tags["basis.stage"] for r in nested)
+        assert kinds == ["annotate", "init", "score"], kinds   # a nested run per stage
+        for r in nested:
+            assert r.info.status == "FINISHED" and r.data.tags["stage_dir"]
+            assert r.data.params["seed"] == run.data.tags["seed"]
+        ann = next(r for r in nested if r.data.tags["basis.stage"] == "annotate")
+        assert ann.data.metrics["ap50"] == run.data.metrics["ap50"]
+        assert len(client.get_metric_history(ann.info.run_id, "loss")) >= 2   # per epoch
         names = {a.path for a in client.list_artifacts(run.info.run_id)}
-        assert {"config.yaml", "selected_ids.json"} <= names, names
+        assert {"config.yaml", "selected_ids.json", "image_scores.parquet",
+                "qualitative.png"} <= names, names
         for tag in ("N", "beta", "seed", "mode", "slurm_job_id", "tune_trial_id"):
             assert run.data.tags.get(tag), (tag, run.data.tags)
         assert "ap50" in run.data.metrics
@@ -66,23 +77,45 @@ def check_records(sweep: Path, n_trials: int, table: bool = True) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.slurm
-def test_sweep_on_local_slurm_with_ddp(slurm_cluster, tmp_path):
+def test_grid_on_local_slurm_shares_init_and_score_per_seed(slurm_cluster, tmp_path):
+    """2 N × 2 β × 2 seeds × {oracle, predicted} + random: 20 trials, one row each,
+    exactly one init and one score job per seed in sacct (the inits as one job array),
+    2-task gloo DDP jobs."""
+    import yaml
+
+    raw = yaml.safe_load((HERE / "sweep_grid.yaml").read_text())
+    raw["name"] = f"grid{os.getpid()}x{int(time.time()) % 100000}"   # unique job names
+    config = tmp_path / "grid.yaml"
+    config.write_text(yaml.safe_dump(raw))
     sweep = tmp_path / "sweep"
-    out = basis("sweep", str(CONFIG), "--profile", "local-slurm", "--sweep-dir", str(sweep))
-    assert "Table 4" in out.stdout and "mlflow ui --backend-store-uri" in out.stdout
-    job_ids = check_records(sweep, n_trials=4)
-    # one job per distinct stage (1 init + 1 score + ≤ 4 annotate: equal selections
-    # share one), each a 2-task job that sacct knows as COMPLETED
+    out = basis("sweep", str(config), "--profile", "local-slurm", "--sweep-dir", str(sweep))
+    assert "Table 4" in out.stdout and "Table 3" in out.stdout
+    assert "mlflow ui --backend-store-uri" in out.stdout
+    job_ids = check_records(sweep, n_trials=20, table=False)
+
+    def sacct(kind: str) -> list[list[str]]:
+        got = subprocess.run(["sacct", "-n", "-X", "-P", "-a", "-S", "now-2hours", "-o",
+                              "JobID,State,NTasks,JobName", "--name",
+                              f"basis-{raw['name']}-{kind}"],
+                             capture_output=True, text=True, check=True)
+        return [line.split("|") for line in got.stdout.split()]
+
+    inits, scores = sacct("init"), sacct("score")
+    assert len(inits) == 2 and len(scores) == 2, (inits, scores)
+    assert len({j[0].split("_")[0] for j in inits}) == 1 and all("_" in j[0] for j in inits)
+    annotates = sacct("annotate")
+    assert 5 <= len(annotates) <= 16      # equal selections (every random draw…) share one
+    every = inits + scores + annotates
+    assert {j[1] for j in every} == {"COMPLETED"}, every
+    assert {j[0] for j in every} == set(job_ids)   # the trials name every job, no other
     kinds = [p.parent.name.split("-")[0] for p in (sweep / "stages").glob("*/DONE")]
-    assert kinds.count("init") == 1 and kinds.count("score") == 1
-    assert 3 <= len(kinds) <= 6 and len(job_ids) == len(kinds)
-    acct = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State,NTasks,AllocCPUS",
-                           "-j", ",".join(job_ids)], capture_output=True, text=True, check=True)
-    states = {line.split("|")[0]: line.split("|")[1] for line in acct.stdout.split()}
-    assert states == {j: "COMPLETED" for j in job_ids}, acct.stdout
+    assert kinds.count("init") == 2 and kinds.count("score") == 2
+    assert len(kinds) == len(every)
     # DDP really ran on 2 ranks: the stage logs show both ranks joining the group
     logs = list((sweep / "submitit").rglob("*_1_log.err"))
     assert logs and any("rank 1/2" in p.read_text() for p in logs)
+    status = basis("status", str(sweep)).stdout
+    assert "20 trials: 20 done" in status
 
 
 @pytest.mark.slow
