@@ -85,19 +85,18 @@ def test_job_past_its_time_limit_is_recorded(tmp_path):
     assert _final_state(err.value.job_ids[0]) in ("FAILED", "TIMEOUT")
 
 
-def test_job_killed_by_signal_fails_its_trial_and_the_sweep_goes_on(tmp_path):
+def _kill_first_annotate_job(sweep: Path, config: Path, *args: str, code: int):
+    """Run the 8-epoch tiny sweep on the local Slurm while a thread kills the first
+    annotate job that has started training → (the sweep's output, the killed job id)."""
     import threading
 
     import yaml
 
-    from analysis.io import read
-    from tests.jobs.test_sweep_e2e import CONFIG, basis, mlflow_children
+    from tests.jobs.test_sweep_e2e import CONFIG, basis
 
     raw = yaml.safe_load(CONFIG.read_text())
     raw["train"]["epochs"] = 8          # long enough to be killed in the middle
-    config = tmp_path / "long.yaml"
     config.write_text(yaml.safe_dump(raw))
-    sweep = tmp_path / "sweep"
     killed: list[str] = []
 
     def killer():
@@ -113,17 +112,46 @@ def test_job_killed_by_signal_fails_its_trial_and_the_sweep_goes_on(tmp_path):
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
     out = basis("sweep", str(config), "--profile", "local-slurm", "--sweep-dir", str(sweep),
-                code=1)                 # a sweep with failed trials says so in its exit code
+                *args, code=code)
     thread.join(5)
-    assert "FAILED " in out.stdout and "--resume" in out.stdout
     assert killed
+    return out, killed[0]
+
+
+def test_job_killed_by_signal_fails_its_trial_and_the_sweep_goes_on(tmp_path):
+    from analysis.io import read
+    from tests.jobs.test_sweep_e2e import basis, mlflow_children
+
+    sweep = tmp_path / "sweep"
+    # a sweep with failed trials says so in its exit code
+    out, killed = _kill_first_annotate_job(sweep, tmp_path / "long.yaml", code=1)
+    assert "FAILED " in out.stdout and "--resume" in out.stdout
     trials = read(sweep, "trials")
     assert len(trials) == 4
     failed = trials[trials["status"] == "FAILED"]
     assert len(failed) >= 1 and (trials["status"] == "COMPLETED").sum() >= 1
     for _, row in failed.iterrows():
-        assert f"job {killed[0]} ended" in row["error"], row["error"]
+        assert f"job {killed} ended" in row["error"], row["error"]
         assert Path(row["log_path"]).exists()
     runs = {r.data.tags["trial"]: r.info.status for r in mlflow_children(sweep)[1]}
     assert {runs[t] for t in failed["trial"]} == {"FAILED"}
     assert "failed" in basis("status", str(sweep)).stdout
+
+
+def test_retries_resubmit_a_killed_job_and_the_trial_completes(tmp_path):
+    from analysis.io import read
+
+    sweep = tmp_path / "sweep"
+    _, killed = _kill_first_annotate_job(sweep, tmp_path / "long.yaml", "--retries", "1",
+                                         code=0)
+    trials = read(sweep, "trials")
+    assert len(trials) == 4 and set(trials["status"]) == {"COMPLETED"}, trials["error"]
+    retried = [d for d in (sweep / "stages").glob("annotate-*") if d.is_dir()
+               and (d / "job_ids").read_text().split()[0] == killed]
+    assert len(retried) == 1
+    ids = [line.split()[0] for line in (retried[0] / "job_ids").read_text().splitlines()]
+    assert len(ids) == 2 and ids[0] == killed      # the same stage, submitted again
+    assert _final_state(killed) in ("CANCELLED", "FAILED")
+    assert _final_state(ids[1]) == "COMPLETED"
+    using = trials[trials["slurm_job_ids"].str.contains(ids[1])]
+    assert len(using) >= 1 and all(killed in s for s in using["slurm_job_ids"])

@@ -94,3 +94,55 @@ def test_read_metrics_keeps_a_partial_line_for_later(tmp_path):
         fh.write('ch": 2}\n')
     recs, _ = dag.read_metrics(path, off)
     assert recs == [{"epoch": 2}]
+
+
+def flaky(d: Path, failures: int):
+    """A stage job failing its first ``failures`` attempts (counted in a file)."""
+    def run():
+        count = d / "attempts"
+        n = int(count.read_text()) + 1 if count.exists() else 1
+        count.write_text(str(n))
+        with open(d / dag.METRICS, "a") as fh:
+            fh.write(json.dumps({"stage": "x", "epoch": n, "loss": 1.0 / n}) + "\n")
+        if n <= failures:
+            raise ValueError(f"flaky node, attempt {n}")
+        (d / dag.RESULT).write_text(json.dumps({"attempts": n}))
+        (d / dag.DONE).write_text("")
+    return run
+
+
+def test_retries_resubmit_a_failed_job_and_keep_its_epochs(tmp_path):
+    FakeExecutor.submitted = 0
+    seen = []
+    got = dag.ensure(tmp_path, "annotate", {"s": 0}, lambda d: flaky(d, 2), FakeExecutor,
+                     seen.append, poll_s=0.01, retries=2)
+    assert got.computed and got.result == {"attempts": 3}
+    assert dag.job_ids(got.dir) == ["1", "2", "3"]
+    assert [r["epoch"] for r in seen] == [1, 2, 3]     # a retry streams on, not from 1
+    with pytest.raises(dag.StageFailed) as err:        # more failures than retries
+        dag.ensure(tmp_path, "annotate", {"s": 1}, lambda d: flaky(d, 5), FakeExecutor,
+                   poll_s=0.01, retries=1)
+    assert "attempt 2" in str(err.value) and "after 2 attempts" in str(err.value)
+    assert len(err.value.job_ids) == 2
+
+
+def test_submit_array_skips_done_and_single_stages(tmp_path):
+    class BatchExecutor(FakeExecutor):
+        batches = 0
+
+        def batch(self):
+            import contextlib
+
+            BatchExecutor.batches += 1
+            return contextlib.nullcontext()
+
+    FakeExecutor.submitted = 0
+    specs = [{"seed": s} for s in range(3)]
+    dag.ensure(tmp_path, "init", specs[0], lambda d: writer(d, 0), FakeExecutor)
+    ids = dag.submit_array(tmp_path, "init", specs + [specs[1]],
+                           lambda spec, d: writer(d, spec["seed"]), BatchExecutor)
+    assert ids == ["2", "3"] and BatchExecutor.batches == 1    # seed 0 was done already
+    for spec, job_id in zip(specs[1:], ids):
+        assert dag.job_ids(dag.stage_dir(tmp_path, "init", spec)) == [job_id]
+    assert dag.submit_array(tmp_path, "init", specs, lambda spec, d: writer(d, 0),
+                            BatchExecutor) == []                # all done now
