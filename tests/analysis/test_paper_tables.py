@@ -123,3 +123,26 @@ def test_absent_tables_are_one_line(tmp_path):
         assert len(out.strip().splitlines()) == 1, (n, out)
     with pytest.raises(ValueError, match="no Table 9"):
         tables.build(pd.DataFrame({"status": []}), 9)
+
+
+def test_table2_schedule_trials_stay_out_of_tables_3_to_8(sweep):
+    """The random trials a sweep runs under other IoU-branch settings (study.schedules,
+    ``variant`` set) give Table 2 its rows and change no other table."""
+    from tests.analysis.conftest import _write
+
+    before = {n: render(sweep, table=n) for n in (4, 5, 6, 7, 8)}
+    for sched, target, mae in (("joint", "identity", 0.40), ("freeze", "identity", 0.30)):
+        for n in (40, 80):
+            for seed in (0, 1):
+                key = f"random-bnone-N{n}-s{seed}-{sched}+{target}"
+                _write(sweep, "trials", key, [dict(
+                    trial=key, N=n, beta=None, seed=seed, mode="random", n_init=4,
+                    status="COMPLETED", ap50=0.99, mae=mae + seed * 0.1, seg_ap50=None,
+                    pool_fraction=None, iou_schedule=sched, iou_target=target,
+                    variant=f"{sched}+{target}")])
+    assert {n: render(sweep, table=n) for n in (4, 5, 6, 7, 8)} == before
+    assert body(render(sweep, table=2)) == [
+        "| IoU branch | 40 | 80 |", "|---|---|---|",
+        f"| joint | 45.0 {STD} | 45.0 {STD} |",
+        f"| freeze | 35.0 {STD} | 35.0 {STD} |",
+        f"| freeze + sqrt | **25.0 {STD}** | **15.0 {STD}** |"]
