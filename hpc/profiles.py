@@ -47,6 +47,7 @@ class ClusterProfile:
     collective_timeout_s: int = 600    # a DDP collective waiting longer fails the job
     retries: int = 0                   # a failed stage job is submitted again this often
     job_arrays: bool = True            # same-shape stages go in one Slurm job array
+    tracking_uri: str | None = None    # MLflow server (http://…); None: sqlite in the sweep
     setup: tuple[str, ...] = ()
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -64,6 +65,12 @@ class ClusterProfile:
                 or self.retries < 0:
             raise ProfileError(f"profile {self.name}: retries={self.retries!r}, must be an "
                                "integer ≥ 0")
+        if self.tracking_uri is not None and (
+                not isinstance(self.tracking_uri, str)
+                or not re.match(r"^(https?://|sqlite:///|file:|databricks)", self.tracking_uri)
+                or _UNSAFE.search(self.tracking_uri)):
+            raise ProfileError(f"profile {self.name}: tracking_uri={self.tracking_uri!r}, "
+                               "expected http(s)://host:port, sqlite:///path or file:")
         if not isinstance(self.job_arrays, bool):
             raise ProfileError(f"profile {self.name}: job_arrays={self.job_arrays!r}, must be "
                                "true or false")

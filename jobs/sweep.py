@@ -152,7 +152,7 @@ def run(cfg: SweepConfig, profile: ClusterProfile, sweep_dir: Path, force: bool 
     sweep_dir = sweep_dir.resolve()
     cfg = cfg.resolved()
     meta = prepare(cfg, sweep_dir, force=force, profile=profile.name,
-                   tracking_uri=tracking_uri)
+                   tracking_uri=tracking_uri or profile.tracking_uri)
     ctx = SweepContext(str(sweep_dir), cfg.to_dict(), profile, meta["mlflow_uri"],
                        meta["experiment_id"], meta["parent_run_id"])
     if profile.executor == "slurm" and profile.job_arrays:
@@ -253,7 +253,8 @@ def detach(cfg: SweepConfig, profile: ClusterProfile, sweep_dir: Path,
 
     sweep_dir = sweep_dir.resolve()
     cfg = cfg.resolved()
-    prepare(cfg, sweep_dir, force=force, profile=profile.name, tracking_uri=tracking_uri)
+    prepare(cfg, sweep_dir, force=force, profile=profile.name,
+            tracking_uri=tracking_uri or profile.tracking_uri)
     if profile.executor == "slurm":
         from hpc.profiles import make_executor
 

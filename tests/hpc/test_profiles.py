@@ -25,6 +25,11 @@ def test_unknown_profile_names_the_known_ones():
     ("partition: \"gpu\\n#SBATCH --wrap=x\"\n", "partition"),
     ("account: \"a;rm -rf /\"\n", "account"),
     ("partitoin: gpu\n", "partitoin"),
+    ("retries: -1\n", "retries"),
+    ("retries: true\n", "retries"),
+    ("job_arrays: 1\n", "job_arrays"),
+    ("tracking_uri: ftp://x\n", "tracking_uri"),
+    ("tracking_uri: \"http://x\\n#SBATCH\"\n", "tracking_uri"),
 ])
 def test_bad_profiles_are_refused(tmp_path, body, field):
     path = tmp_path / "bad.yaml"
@@ -42,3 +47,12 @@ def test_slurm_executor_parameters_reach_sbatch(tmp_path):
                  "#SBATCH --time=240", "module load cuda/12.4",
                  "export BASIS_COLLECTIVE_TIMEOUT_S=600", "--kill-on-bad-exit=1"):
         assert line in text, line
+
+
+def test_slurm_job_name_and_policies_from_the_profile(tmp_path):
+    gpu = ClusterProfile.load("example-gpu")
+    assert gpu.retries == 1 and gpu.job_arrays is True
+    ex = make_executor(ClusterProfile.load("local-slurm"), tmp_path, name="basis-demo-init")
+    assert ex._executor.parameters["job_name"] == "basis-demo-init"
+    with pytest.raises(ProfileError, match="job name"):
+        make_executor(ClusterProfile.load("local-slurm"), tmp_path, name="x;rm")
