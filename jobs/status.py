@@ -31,11 +31,20 @@ def trial_states(sweep_dir: Path) -> list[dict[str, Any]]:
                         "where": _text(row.get("error")) or _text(row.get("log_path"))})
             continue
         init = dag.stage_dir(sweep_dir, "init", init_spec(cfg, t))
-        running = (init / "job_ids").exists()
+        running = _started(sweep_dir, t.key)
         out.append({"trial": t.key, "state": "running" if running else "pending",
                     "jobs": ",".join(dag.job_ids(init)) if running else "",
-                    "where": str(init) if running else ""})
+                    "where": str(sweep_dir / "tracking" / f"{t.key}.jsonl") if running else ""})
     return out
+
+
+def _started(sweep_dir: Path, key: str) -> bool:
+    """A trial has started when it opened its MLflow event log (``tracking/KEY.jsonl``)
+    and has not ended it; a driver killed mid-trial leaves it looking started."""
+    log = sweep_dir / "tracking" / f"{key}.jsonl"
+    if not log.exists():
+        return False
+    return '"op": "end"' not in log.read_text()
 
 
 def render(sweep_dir: Path) -> str:
