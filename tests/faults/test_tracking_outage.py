@@ -96,6 +96,13 @@ def test_server_outage_then_sync(tmp_path):
         assert client.get_run(meta["parent_run_id"]).info.status == "FINISHED"
         # a second sync has nothing to do and creates nothing
         assert "synced 0 event(s)" in basis("sync", str(sweep)).stdout
-        assert len(client.search_runs([meta["experiment_id"]])) == 5
+        every = client.search_runs([meta["experiment_id"]])
+        kinds = sorted(r.data.tags.get("basis.kind") for r in every)
+        # the parent, a run per trial, and (replayed too) a nested run per trial stage
+        assert kinds == ["stage"] * 12 + ["sweep"] + ["trial"] * 4, kinds
+        trial_ids = {r.info.run_id for r in runs}
+        stages = [r for r in every if r.data.tags.get("basis.kind") == "stage"]
+        assert {r.data.tags["mlflow.parentRunId"] for r in stages} == trial_ids
+        assert all(r.info.status == "FINISHED" for r in stages)
     finally:
         server.stop()
