@@ -42,7 +42,7 @@ def tiny_config(name: str, n_trials: int) -> dict:
     """A sweep whose stages are as small as training gets (32 px, 1+1 epochs)."""
     return {
         "name": name, "profile": "local-slurm",
-        "data": {"n_pool": 32, "n_test": 8,
+        "data": {"n_pool": max(32, 12 + 2 * n_trials), "n_test": 8,
                  "synthetic": {"image_size": 32, "n_classes": 3}},
         "model": {"backbone": "resnet18", "hidden": 16, "max_steps": 4},
         "train": {"epochs": 1, "iou_epochs": 1, "batch_size": 8},
