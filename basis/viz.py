@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import pycocotools.mask as mask_utils
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from basis.data.pseudo import decode
 from basis.types import ImagePrediction, Sample
 
 #: Opacity of an instance overlay (its 1-pixel outline is drawn opaque).
@@ -42,20 +42,6 @@ def palette(k: int) -> np.ndarray:
     h = (0.07 + k * 0.6180339887) % 1.0
     v = 1.0 if k % 2 == 0 else 0.8
     return np.asarray(colorsys.hsv_to_rgb(h, 0.9, v), dtype=np.float32)
-
-
-def decode_masks(pred: ImagePrediction) -> np.ndarray:
-    """A prediction's masks, decoded from its RLEs.
-
-    Returns:
-        (N, height, width) bool, N = ``len(pred.rles)`` (may be 0).
-    """
-    if not pred.rles:
-        return np.zeros((0, pred.height, pred.width), dtype=bool)
-    rles = [{"size": list(r["size"]),
-             "counts": r["counts"].encode("ascii") if isinstance(r["counts"], str)
-             else r["counts"]} for r in pred.rles]
-    return mask_utils.decode(rles).transpose(2, 0, 1).astype(bool)
 
 
 def match_colours(pred_masks: np.ndarray, gt_masks: np.ndarray) -> list[int]:
@@ -211,7 +197,7 @@ def qualitative(dataset: Sequence[Sample], preds: Sequence[ImagePrediction], n: 
             grid.paste(_to_pil(rgb, scale), (2 * cell_w, y))
             _label(draw, (2 * cell_w + 2, y + 1), "no prediction", font)
             continue
-        pm = _fit(decode_masks(p), hw)
+        pm = _fit(decode(p, min_pixels=0)[0].numpy(), hw)
         grid.paste(_to_pil(overlay(rgb, pm, match_colours(pm, gt)), scale), (2 * cell_w, y))
         for m, iou in zip(pm, p.iou_pred):
             ys, xs = np.nonzero(m)

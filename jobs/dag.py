@@ -130,21 +130,35 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _submit(sweep_dir: Path, d: Path, cfg: dict[str, Any], job: Callable[[Path], Any],
-            executor: Callable[[Path], Any], fresh: bool = True) -> Any:
-    """Submit the stage's job; record its id → the submitit job handle.
+def epoch_values(rec: dict[str, Any]) -> dict[str, float]:
+    """The numbers of a metrics record (not its stage, epoch or time stamp)."""
+    return {k: float(v) for k, v in rec.items() if k not in ("stage", "epoch", "time")
+            and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
-    ``fresh`` starts the metrics stream over (a first attempt); a retry keeps the epochs
-    already streamed, as it resumes from the stage's checkpoint.
-    """
+
+def _prepare(d: Path, cfg: dict[str, Any], fresh: bool = True) -> None:
+    """Ready a stage folder for a submission. ``fresh`` starts the metrics stream over
+    (a first attempt); a retry keeps the epochs already streamed, as it resumes from
+    the stage's checkpoint."""
     if fresh:
         (d / METRICS).unlink(missing_ok=True)
     (d / "config.json").write_text(json.dumps(cfg, indent=1, sort_keys=True, default=str))
-    # a fresh submitit folder per attempt: Slurm job ids restart when its state is wiped,
-    # and a reused folder would hand back an old job's result
-    folder = Path(sweep_dir) / "submitit" / d.name / time.strftime("%Y%m%d-%H%M%S")
+
+
+def _new_folder(parent: Path) -> Path:
+    """A fresh submitit folder per submission: Slurm job ids restart when its state is
+    wiped, and a reused folder would hand back an old job's result."""
+    folder = parent / time.strftime("%Y%m%d-%H%M%S")
     while folder.exists():      # a retry within the same second
         folder = folder.with_name(folder.name + "x")
+    return folder
+
+
+def _submit(sweep_dir: Path, d: Path, cfg: dict[str, Any], job: Callable[[Path], Any],
+            executor: Callable[[Path], Any], fresh: bool = True) -> Any:
+    """Submit the stage's job; record its id → the submitit job handle."""
+    _prepare(d, cfg, fresh)
+    folder = _new_folder(Path(sweep_dir) / "submitit" / d.name)
     handle = executor(folder).submit(job(d))
     _record(d, handle, folder)
     log.info("stage %s submitted as job %s (logs: %s)", d.name, handle.job_id, folder)
@@ -163,28 +177,42 @@ def submit_array(sweep_dir: Path, kind: str, cfgs: list[dict[str, Any]],
     """Submit the stages of ``cfgs`` that are neither done nor queued as one Slurm job
     array (submitit's ``batch``) → the array's job ids. Trials then find each stage
     queued and wait for it (`ensure` reattaches) instead of submitting it again."""
-    todo = []
+    todo: dict[Path, dict[str, Any]] = {}
     for cfg in cfgs:
         d = stage_dir(sweep_dir, kind, cfg)
-        if (d / DONE).exists() or any(t[0] == d for t in todo):
+        if d in todo or (d / DONE).exists():
             continue
         d.mkdir(parents=True, exist_ok=True)
         if _reattach(d) is None:
-            todo.append((d, cfg))
+            todo[d] = cfg
     if len(todo) < 2:       # one stage is no array: its trial submits it
         return []
-    folder = Path(sweep_dir) / "submitit" / f"array-{kind}" / time.strftime("%Y%m%d-%H%M%S")
+    folder = _new_folder(Path(sweep_dir) / "submitit" / f"array-{kind}")
     ex = executor(folder)
-    for d, cfg in todo:
-        (d / METRICS).unlink(missing_ok=True)
-        (d / "config.json").write_text(json.dumps(cfg, indent=1, sort_keys=True, default=str))
+    for d, cfg in todo.items():
+        _prepare(d, cfg)
     with ex.batch():
-        handles = [ex.submit(job(cfg, d)) for d, cfg in todo]
-    for (d, _), handle in zip(todo, handles):
+        handles = [ex.submit(job(cfg, d)) for d, cfg in todo.items()]
+    for d, handle in zip(todo, handles):
         _record(d, handle, folder)
     ids = [h.job_id for h in handles]
     log.info("%d %s stages submitted as one job array: %s", len(ids), kind, ", ".join(ids))
     return ids
+
+
+def _wait(handle: Any, metrics: Path, offset: int,
+          on_metrics: Callable[[dict[str, Any]], None] | None, poll_s: float) -> int:
+    """Poll ``handle`` until it is done, passing each new metrics record on → the
+    offset in the metrics file reached."""
+    while True:
+        finished = handle.done()
+        records, offset = read_metrics(metrics, offset)
+        for rec in records:
+            if on_metrics is not None:
+                on_metrics(rec)
+        if finished:
+            return offset
+        time.sleep(poll_s)
 
 
 def ensure(sweep_dir: Path, kind: str, cfg: dict[str, Any], job: Callable[[Path], Any],
@@ -217,15 +245,7 @@ def ensure(sweep_dir: Path, kind: str, cfg: dict[str, Any], job: Callable[[Path]
             handle = _submit(sweep_dir, d, cfg, job, executor)
         offset, attempt = 0, 0
         while True:
-            while True:
-                finished = handle.done()
-                records, offset = read_metrics(d / METRICS, offset)
-                for rec in records:
-                    if on_metrics is not None:
-                        on_metrics(rec)
-                if finished:
-                    break
-                time.sleep(poll_s)
+            offset = _wait(handle, d / METRICS, offset, on_metrics, poll_s)
             try:
                 handle.results()   # every task's; `result()` refuses multi-task jobs
                 break

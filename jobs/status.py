@@ -41,10 +41,11 @@ def trial_states(sweep_dir: Path) -> list[dict[str, Any]]:
 def _started(sweep_dir: Path, key: str) -> bool:
     """A trial has started when it opened its MLflow event log (``tracking/KEY.jsonl``)
     and has not ended it; a driver killed mid-trial leaves it looking started."""
+    import json
+
     log = sweep_dir / "tracking" / f"{key}.jsonl"
-    if not log.exists():
-        return False
-    return '"op": "end"' not in log.read_text()
+    lines = log.read_text().splitlines() if log.exists() else []
+    return bool(lines) and json.loads(lines[-1]).get("op") != "end"
 
 
 def render(sweep_dir: Path) -> str:

@@ -113,8 +113,7 @@ def _run_trial(config: dict[str, Any], ctx: SweepContext,
 
     def on_metrics(rec: dict[str, Any]) -> None:
         stage, epoch = rec.get("stage", "stage"), int(rec.get("epoch", 0))
-        values = {f"{stage}/{k}": float(v) for k, v in rec.items()
-                  if k not in ("stage", "epoch", "time") and isinstance(v, (int, float))}
+        values = {f"{stage}/{k}": v for k, v in dag.epoch_values(rec).items()}
         run.metrics(values, step=epoch)
         report({**values, "stage": stage, "epoch": epoch})
 
@@ -214,10 +213,7 @@ def _log_stage(nested: Any, result: dag.StageResult) -> None:
     """A stage's nested run: its per-epoch metrics, its result numbers, whether this
     trial computed it or found it done (shared with another trial), its job ids."""
     recs, _ = dag.read_metrics(result.dir / dag.METRICS, 0)
-    nested.history([(int(r.get("epoch", 0)),
-                     {k: v for k, v in r.items() if k not in ("stage", "epoch", "time")
-                      and isinstance(v, (int, float)) and not isinstance(v, bool)})
-                    for r in recs])
+    nested.history([(int(r.get("epoch", 0)), dag.epoch_values(r)) for r in recs])
     nested.metrics({k: v for k, v in result.result.items()
                     if isinstance(v, (int, float)) and not isinstance(v, bool)})
     nested.tag("reused", str(not result.computed).lower())
@@ -260,11 +256,9 @@ def _write_epochs(sweep_dir: Path, trial: TrialConfig, stages: list[dag.StageRes
     for st in stages:
         recs, _ = dag.read_metrics(st.dir / dag.METRICS, 0)
         for rec in recs:
-            for k, v in rec.items():
-                if k not in ("stage", "epoch", "time") and isinstance(v, (int, float)):
-                    rows.append({"trial": trial.key, "stage": rec.get("stage", st.name),
-                                 "epoch": int(rec.get("epoch", 0)), "metric": k,
-                                 "value": float(v), "mode": trial.mode})
+            rows += [{"trial": trial.key, "stage": rec.get("stage", st.name),
+                      "epoch": int(rec.get("epoch", 0)), "metric": k, "value": v,
+                      "mode": trial.mode} for k, v in dag.epoch_values(rec).items()]
     if rows:
         records.write(sweep_dir, "epochs", trial.key, rows)
 

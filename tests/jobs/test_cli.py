@@ -38,3 +38,19 @@ def test_status_of_a_sweep_folder_without_results(tmp_path, capsys):
     assert main(["status", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "6 trials: 6 pending" in out
+
+
+def test_status_calls_a_trial_running_while_its_event_log_is_open(tmp_path, capsys):
+    import json
+    import shutil
+
+    shutil.copy("configs/demo.yaml", tmp_path / "config.yaml")
+    log = tmp_path / "tracking" / "random-bnone-N40-s0.jsonl"
+    log.parent.mkdir()
+    log.write_text(json.dumps({"op": "open"}) + "\n")
+    assert main(["status", str(tmp_path)]) == 0
+    assert "6 trials: 5 pending, 1 running" in capsys.readouterr().out
+    with open(log, "a") as fh:
+        fh.write(json.dumps({"op": "end", "status": "KILLED"}) + "\n")
+    assert main(["status", str(tmp_path)]) == 0
+    assert "6 trials: 6 pending" in capsys.readouterr().out
