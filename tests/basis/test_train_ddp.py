@@ -28,15 +28,20 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-@pytest.mark.slow
-def test_two_ranks_stay_in_sync(tmp_path):
+def _spawn(worker, tmp_path):
+    """Run ``worker`` on 2 gloo ranks → what each rank saved."""
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.spawn(_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    mp.spawn(worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+
+
+@pytest.mark.slow
+def test_two_ranks_stay_in_sync(tmp_path):
+    r0, r1 = _spawn(_worker, tmp_path)
     for k, v in r0["model"].items():
         assert torch.allclose(v.float(), r1["model"][k].float(), atol=1e-6), k
     for h0, h1 in zip(r0["history"], r1["history"]):
@@ -130,3 +135,64 @@ def test_ddp_equals_one_process_on_the_global_batch(tmp_path):
     assert moved > 0.5 * len(one)  # the comparison is not between untrained weights
     for hd, h1 in zip(ddp["history"], single.history):
         assert hd["loss"] == pytest.approx(h1["loss"], rel=1e-4)
+
+
+# -- early stopping at world size 2 -----------------------------------------------------
+#
+# The validation loss is all-reduced, so every rank takes the same decisions; only rank
+# 0 keeps the best weights, and restoring them broadcasts them to the other ranks.
+
+def _es_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    import copy
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        from basis.data import SyntheticConfig, SyntheticShapes
+        from basis.models import RSIS, ModelConfig
+        from basis.train import Hook, TrainConfig, train
+
+        class Weights(Hook):
+            def __init__(self) -> None:
+                self.by_epoch: dict = {}
+
+            def after_epoch(self, state, metrics):
+                self.by_epoch[state.epoch] = copy.deepcopy(state.model.state_dict())
+                if state.epoch == 3:  # one epoch at a learning rate that ruins the net
+                    for g in state.optimizer.param_groups:
+                        g["lr"] = 1.0
+
+        # one image eight times: the validation images equal the training ones, so the
+        # validation loss falls until the spike
+        same = [SyntheticShapes(SyntheticConfig(image_size=32), seed=0, ids=range(1))[0]] * 8
+        torch.manual_seed(rank)  # different inits: DDP must broadcast rank 0's weights
+        model = RSIS(ModelConfig(hidden=16))
+        hook = Weights()
+        cfg = TrainConfig(epochs=8, iou_epochs=0, batch_size=2, lr_decoder=3e-3,
+                          lr_encoder=3e-3, val_fraction=0.25, patience=2)
+        ts = train(model, same, cfg, hooks=[hook])  # type: ignore[arg-type]
+        best = ts.best_epoch
+        assert best is not None
+        torch.save({"model": ts.model.state_dict(), "history": ts.history, "best": best,
+                    "stopped": ts.stopped_epoch, "holds_best": ts.best_model is not None,
+                    "at_best": hook.by_epoch.get(best), "after_best": hook.by_epoch.get(best + 1)},
+                   os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_early_stopping_under_ddp_restores_the_best_weights_on_every_rank(tmp_path):
+    r0, r1 = _spawn(_es_worker, tmp_path)
+    vals = [h["val_loss"] for h in r0["history"]]
+    assert [h["val_loss"] for h in r1["history"]] == vals  # all-reduced
+    assert r0["best"] == r1["best"] == 1 + vals.index(min(vals))
+    assert 1 < r0["best"] and r0["stopped"] == r1["stopped"] == r0["best"] + 2 < 8, vals
+    assert r0["holds_best"] and not r1["holds_best"]  # rank 0 keeps, then broadcasts
+    for r in (r0, r1):
+        assert r["history"][-1]["best_epoch"] == r0["best"]
+        for k, v in r["model"].items():
+            assert torch.equal(v, r0["model"][k]), k       # the ranks agree ...
+            assert torch.equal(v, r["at_best"][k]), k       # ... on the best epoch's weights
+        assert any(not torch.equal(v, r["after_best"][k]) for k, v in r["model"].items())
