@@ -25,6 +25,8 @@ SYNTH_MARKER = "basis_synthetic.json"
 AREA_BINS = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 # COCO's absolute size classes, in pixels.
 SMALL, MEDIUM = 32 ** 2, 96 ** 2
+# Objects (classes) per image are counted 0, 1, …, HIST_CAP - 1 and "HIST_CAP+".
+HIST_CAP = 10
 
 
 def detect_format(path: str | Path) -> str:
@@ -87,8 +89,13 @@ def check(path: str | Path, fmt: str | None = None, images: str | Path | None = 
     Returns:
         dict: format, path, splits (name → images), n_images, n_objects,
         objects_per_image, classes_per_image, mean_object_area, empty_images,
-        area_hist (list of (lo, hi, count)), size_classes (small/medium/large counts),
-        per_class (class name → instances), image_sizes, n_errors, errors, and for a
+        objects_hist / classes_hist (images with 0, 1, … objects / classes: count, the
+        last key ``"10+"``), area_hist (list of (lo, hi, count)), size_classes
+        (small/medium/large counts), per_class (class name → instances), void (the void
+        pixels outside every object mask — all a VOC file can hold — as a share of all
+        pixels ``of_image`` and of the object ∪ void pixels ``of_labelled``; the share
+        of object pixels also marked void, ``in_objects``, is 0 for files and counts
+        only for in-memory data), image_sizes, n_errors, errors, and for a
         synthetic set ``generator`` (its config and the targets it was drawn for).
     """
     fmt, splits = open_splits(path, fmt, images)
@@ -96,6 +103,8 @@ def check(path: str | Path, fmt: str | None = None, images: str | Path | None = 
     stats: list[ImageStats] = []
     errors: list[str] = []
     n_errors = 0
+    # pixel counts: all, void, object (union of the masks), void inside an object
+    px = np.zeros(4, dtype=np.int64)
     class_names: tuple[str, ...] = ()
     for ds in splits.values():
         class_names = tuple(getattr(ds, "class_names", ())) or class_names
@@ -104,11 +113,16 @@ def check(path: str | Path, fmt: str | None = None, images: str | Path | None = 
                 continue
             seen.add(image_id)
             try:
-                stats.append(ds.stats(i))
+                sample = ds.load(i)
+                stats.append(ImageStats.of(sample))
             except DataError as err:
                 n_errors += 1
                 if len(errors) < max_errors:
                     errors.append(str(err))
+                continue
+            fg = sample.masks.any(0)
+            px += (sample.ignore.numel(), int(sample.ignore.sum()), int(fg.sum()),
+                   int((sample.ignore & fg).sum()))
     areas = np.asarray([a for s in stats for a in s.object_areas], dtype=np.float64)
     pixels = np.asarray([a * s.height * s.width for s in stats for a in s.object_areas])
     hist, _ = np.histogram(areas, bins=AREA_BINS)
@@ -118,6 +132,7 @@ def check(path: str | Path, fmt: str | None = None, images: str | Path | None = 
             name = class_names[c - 1] if 0 < c <= len(class_names) else str(c)
             per_class[name] = per_class.get(name, 0) + n
     n = len(stats)
+    void = int(px[1] - px[3])  # void in no object: what a VOC file can hold
     report: dict[str, Any] = {
         "format": fmt, "path": str(path),
         "splits": {k: len(v) for k, v in splits.items()},
@@ -127,6 +142,11 @@ def check(path: str | Path, fmt: str | None = None, images: str | Path | None = 
         "classes_per_image": float(np.mean([s.n_classes for s in stats])) if n else 0.0,
         "mean_object_area": float(areas.mean()) if areas.size else 0.0,
         "empty_images": int(sum(s.n_objects == 0 for s in stats)),
+        "objects_hist": count_hist([s.n_objects for s in stats]),
+        "classes_hist": count_hist([s.n_classes for s in stats]),
+        "void": {"of_image": float(void / px[0]) if px[0] else 0.0,
+                 "of_labelled": float(void / (void + px[2])) if void + px[2] else 0.0,
+                 "in_objects": float(px[3] / px[2]) if px[2] else 0.0},
         "area_hist": [(AREA_BINS[k], AREA_BINS[k + 1], int(hist[k])) for k in range(len(hist))],
         "size_classes": {"small": int((pixels < SMALL).sum()),
                          "medium": int(((pixels >= SMALL) & (pixels < MEDIUM)).sum()),
@@ -138,6 +158,17 @@ def check(path: str | Path, fmt: str | None = None, images: str | Path | None = 
     if fmt == "synthetic":
         report["generator"] = read_marker(find_voc_root(path))
     return report
+
+
+def count_hist(counts: list[int], cap: int = HIST_CAP) -> dict[str, int]:
+    """Images per count: ``{"0": …, "1": …, …, f"{cap}+": …}``, empty bins left out."""
+    hist = np.bincount(np.minimum(np.asarray(counts, dtype=np.int64), cap), minlength=cap + 1)
+    return {(f"{k}+" if k == cap else str(k)): int(c) for k, c in enumerate(hist) if c}
+
+
+def _render_hist(hist: dict[str, int]) -> str:
+    total = sum(hist.values()) or 1
+    return "  ".join(f"{k}: {c} ({100 * c / total:.0f}%)" for k, c in hist.items())
 
 
 def read_marker(root: Path) -> dict[str, Any]:
@@ -160,12 +191,22 @@ def render_check(r: dict[str, Any]) -> str:
              f"objects/image: {r['objects_per_image']:.2f}   classes/image: "
              f"{r['classes_per_image']:.2f}   mean object area: "
              f"{100 * r['mean_object_area']:.1f}% of the image"]
+    if r.get("objects_hist"):
+        lines.append("  images with K objects:  " + _render_hist(r["objects_hist"]))
+        lines.append("  images with C classes:  " + _render_hist(r["classes_hist"]))
+    void = r.get("void")
+    if void:
+        lines.append(f"void (255): {100 * void['of_image']:.1f}% of the pixels, "
+                     f"{100 * void['of_labelled']:.1f}% of the object ∪ void pixels"
+                     + (f"; {100 * void['in_objects']:.1f}% of the object pixels are void too"
+                        if void["in_objects"] else ""))
     gen = r.get("generator")
     if gen:
         cfg = gen.get("config", {})
         lines.append(f"generator targets: objects/image {cfg.get('mean_objects')} (at most "
                      f"{cfg.get('max_objects')}), classes/image {cfg.get('mean_classes')}, "
-                     f"seed {gen.get('seed')}, {cfg.get('image_size')} px")
+                     f"seed {gen.get('seed')}, {cfg.get('image_size')} px, version "
+                     f"{cfg.get('version', 1)}")
     sc = r["size_classes"]
     lines.append(f"object sizes (COCO, pixels): small <32² {sc['small']}, medium "
                  f"{sc['medium']}, large ≥96² {sc['large']}")

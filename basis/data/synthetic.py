@@ -9,6 +9,11 @@ and strong noise is hard.
 
 Every item is a pure function of ``(seed, image_id)``, so a dataset is reproducible from
 its config and id list alone and any subset can be rebuilt in another process.
+
+``SyntheticConfig.version`` picks the generator: 1 (the default, below, unchanged so old
+sweeps reproduce bit for bit) or 2 (`basis.data.synthetic_v2`: learnable hard cases —
+one per-image difficulty drives count, size, occlusion, clutter, contrast and noise;
+class = shape × texture; touching same-class instances outlined; a thin void band).
 """
 from __future__ import annotations
 
@@ -21,10 +26,12 @@ import torch
 from scipy import ndimage
 
 from basis.data.base import InstanceDataset, Transform
+from basis.data.synthetic_v2 import drawer_for
 from basis.types import Sample
 
 SHAPES = ("ellipse", "rectangle", "triangle", "diamond")
 TEXTURES = ("flat", "stripes", "checker", "dots")
+VERSIONS = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -47,7 +54,20 @@ class SyntheticConfig:
             either for any instance are redrawn, so no mask is empty or a sliver.
         noise_range: per-image Gaussian noise std range (image values in [0, 1]).
         ignore_band: width in pixels of the void band on each side of every object
-            boundary (VOC-like); 0 gives an all-False ignore map.
+            boundary (VOC-like); 0 gives an all-False ignore map. Version 1 only.
+        version: the generator. 1 (the default, kept bit for bit so old sweeps
+            reproduce) or 2, `basis.data.synthetic_v2`: a per-image difficulty drives
+            count, size, occlusion, clutter, contrast and noise together; class = shape ×
+            texture with colours shared across classes; same-class instances differ in
+            texture phase, shading and a dark border. The fields below are version 2's.
+        difficulty_range: (version 2) the per-image difficulty is uniform in this range
+            of [0, 1]; narrow or shift it to make the whole set easier or harder. The
+            count statistics (``mean_objects``, ``mean_classes``) hold for any range.
+        clutter: (version 2) mean number of unlabelled distractors (bars, rings) behind
+            the objects at difficulty 1; proportional to the difficulty.
+        void_width: (version 2) width of the void band as a fraction of the image side
+            (at least 1 px when > 0; 1/64: 1 px at 64, 2 at 128); 0 turns it off. It lies
+            on the outer side of every visible region.
     """
 
     image_size: int = 64
@@ -62,6 +82,23 @@ class SyntheticConfig:
     min_visible_frac: float = 0.25
     noise_range: tuple[float, float] = (0.02, 0.14)
     ignore_band: int = 1
+    version: int = 1
+    difficulty_range: tuple[float, float] = (0.0, 1.0)
+    clutter: float = 4.0
+    void_width: float = 1 / 64
+
+    def __post_init__(self) -> None:
+        if self.version not in VERSIONS:
+            raise ValueError(f"version={self.version!r}; one of {VERSIONS}")
+        lo, hi = (float(x) for x in self.difficulty_range)
+        if not 0.0 <= lo <= hi <= 1.0:
+            raise ValueError(f"difficulty_range={self.difficulty_range!r}; need "
+                             "0 <= lo <= hi <= 1")
+        # YAML and JSON give lists; keep the config hashable and its repr stable
+        object.__setattr__(self, "difficulty_range", (lo, hi))
+        object.__setattr__(self, "noise_range", tuple(float(x) for x in self.noise_range))
+        if self.clutter < 0 or self.void_width < 0:
+            raise ValueError("clutter and void_width must be >= 0")
 
 
 def class_colour(c: int, n_classes: int) -> np.ndarray:
@@ -101,6 +138,7 @@ class SyntheticShapes(InstanceDataset):
         self._lam_objects = max(cfg.mean_objects - 1.0, 0.0)
         p_multi = 1.0 - np.exp(-self._lam_objects)
         self._lam_classes = max(cfg.mean_classes - 1.0, 0.0) / max(p_multi, 1e-6)
+        self._v2 = drawer_for(cfg) if cfg.version == 2 else None
 
     def load(self, i: int) -> Sample:
         return self.draw(self.ids[i])
@@ -113,6 +151,8 @@ class SyntheticShapes(InstanceDataset):
 
     def draw(self, image_id: int) -> Sample:
         """Draw the image with id ``image_id`` (independent of the id list)."""
+        if self._v2 is not None:
+            return self._sample_v2(self.layers(image_id), image_id)
         cfg = self.cfg
         n = cfg.image_size
         rng = np.random.default_rng((self.seed, int(image_id)))
@@ -161,6 +201,27 @@ class SyntheticShapes(InstanceDataset):
             masks=torch.from_numpy(masks),
             labels=torch.tensor(kept, dtype=torch.int64),
             ignore=torch.from_numpy(ignore),
+            image_id=int(image_id),
+        )
+
+    def layers(self, image_id: int) -> dict:
+        """Version 2: the drawing's parts for image ``image_id`` — ``image`` (H, W, 3),
+        ``owner`` (H, W) int64 (-1 background), ``labels``, ``ignore``, ``border`` (H, W)
+        bool (the dark outlines) and ``difficulty`` — for tests and diagnostics."""
+        if self._v2 is None:
+            raise ValueError("layers() needs SyntheticConfig(version=2)")
+        return self._v2.draw(np.random.default_rng((self.seed, 2, int(image_id))))
+
+    @staticmethod
+    def _sample_v2(parts: dict, image_id: int) -> Sample:
+        owner = parts["owner"]
+        k = len(parts["labels"])
+        masks = owner[None] == np.arange(k)[:, None, None]
+        return Sample(
+            image=torch.from_numpy(np.ascontiguousarray(parts["image"].transpose(2, 0, 1))),
+            masks=torch.from_numpy(masks),
+            labels=torch.tensor(parts["labels"], dtype=torch.int64),
+            ignore=torch.from_numpy(parts["ignore"]),
             image_id=int(image_id),
         )
 

@@ -85,3 +85,35 @@ def test_check_structural_errors_exit_2(tmp_path, capsys):
     (voc / "ImageSets" / "Segmentation" / "train.txt").unlink()
     assert main(["data", "check", str(voc), "--format", "voc"]) == 2
     assert "no split files" in capsys.readouterr().err
+
+
+def test_check_reports_count_distributions_and_void(tmp_path, capsys):
+    cfg = SyntheticConfig(image_size=32, version=2)
+    synth(tmp_path / "v2", 80, size=32, seed=5, version=2)
+    r = check(tmp_path / "v2")
+    pool, _ = synthetic_splits(cfg, 5, 80, 0)
+    samples = [pool[i] for i in range(80)]
+    n_obj = np.array([s.n_objects for s in samples])
+    n_cls = np.array([len(s.weak) for s in samples])
+    assert r["objects_per_image"] == pytest.approx(n_obj.mean())
+    assert r["classes_per_image"] == pytest.approx(n_cls.mean())
+    assert r["objects_hist"] == {str(k): int((n_obj == k).sum()) for k in np.unique(n_obj)}
+    assert r["classes_hist"] == {str(k): int((n_cls == k).sum()) for k in np.unique(n_cls)}
+    # the void outside the objects survives the VOC round trip (void inside them does not)
+    void = sum(int((s.ignore & ~s.masks.any(0)).sum()) for s in samples)
+    union = sum(int((s.ignore | s.masks.any(0)).sum()) for s in samples)
+    assert r["void"]["of_labelled"] == pytest.approx(void / union)
+    assert r["void"]["in_objects"] == 0.0
+    assert 0.0 < r["void"]["of_image"] < 0.1
+    assert r["generator"]["config"]["version"] == 2
+    assert main(["data", "check", str(tmp_path / "v2")]) == 0
+    text = capsys.readouterr().out
+    assert "images with K objects:" in text and "images with C classes:" in text
+    assert "void (255):" in text and "version 2" in text
+
+
+def test_count_hist_caps_and_skips_empty_bins():
+    from basis.data.check import count_hist
+
+    assert count_hist([1, 1, 3, 12, 10]) == {"1": 2, "3": 1, "10+": 2}
+    assert count_hist([]) == {}
