@@ -3,13 +3,26 @@
 W-RSIS (the annotation network) is given each image's weak label, image-level classes
 plus counts (IL+C): the class ids repeated by their counts. The largest-first order used
 in training is unknown at test time, so the sequence is ordered by class id, and the
-network runs exactly as many steps as the image has instances. Plain RSIS runs up to
-``max_steps`` steps and stops after the last step whose σ(stop) > 0.5.
+network runs exactly as many steps as the image has instances; each step is one
+detection with its input class, scored ``p(label) · σ(stop)``.
 
-Confidence of each predicted object (used to rank detections for AP): as in RSIS,
-``score = p(label) · σ(stop)``, where p is the softmax of the class head and σ(stop) the
-probability that the step holds an object. For W-RSIS the label is the input class, for
-RSIS the most probable object class (end-of-sequence excluded).
+Plain RSIS runs ``max_steps`` steps and is read by one of two rules
+(`ModelConfig.inference`, or the ``inference`` argument of `predict`):
+
+* ``"rsis"`` (default), RSIS's own evaluation (imatge-upc/rsis ``src/eval.py`` with the
+  defaults of ``src/args.py``: ``stop_th=0.5``, ``min_size=0.001``, ``mask_th=0.5``):
+  every step is scanned and none ends the sequence. A step whose σ(stop) is under
+  ``stop_th`` is skipped, and so is a mask (logit > 0) covering under ``min_area`` of
+  the image, void pixels not counted. Each kept mask is repeated once per object class
+  ``c`` with score ``p(c) · σ(stop)`` (p the softmax of the class head, end-of-sequence
+  excluded from the classes but not from the softmax), so one mask yields up to C
+  detections, each ranked in its own class by COCOeval. ``min_score`` and ``top_k``
+  thin them (RSIS keeps all: 0.0 and None); a kept mask always keeps its best class.
+* ``"first_stop"``: the steps before the first one with σ(stop) ≤ 0.5, one detection
+  each, labelled with the most probable object class.
+
+`ImagePrediction.steps` records the step each detection comes from, so image-level
+scores (Eq. 2) count each mask once.
 """
 from __future__ import annotations
 
@@ -25,10 +38,13 @@ from basis.data.synthetic import collate
 from basis.losses import LossConfig, iou_target_inverse
 from basis.metrics.iou import image_score_mae as _scores_mae
 from basis.metrics.iou import match_true_iou
-from basis.models.rsis import RSIS, RSISOutput
+from basis.models.rsis import INFERENCE_RULES, RSIS, RSISOutput
 from basis.types import ImagePrediction
 
 AMP_MODES = ("none", "bf16", "fp16")
+# RSIS's evaluation defaults (imatge-upc/rsis src/args.py: -stop_th, -min_size).
+RSIS_STOP_TH = 0.5
+RSIS_MIN_AREA = 0.001
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -153,11 +169,52 @@ def emitted_objects(out: RSISOutput, b: int, class_seq: torch.Tensor | None,
     return n, out.class_logits[b, :n, 1:].argmax(-1) + 1
 
 
+def rsis_detections(class_prob: torch.Tensor, stop_prob: torch.Tensor, masks: torch.Tensor,
+                    ignore: torch.Tensor | None = None, *, stop_th: float = RSIS_STOP_TH,
+                    min_area: float = RSIS_MIN_AREA, min_score: float = 0.0,
+                    top_k: int | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """RSIS-faithful detections of one image: one per (kept mask, class).
+
+    Args:
+        class_prob: (T, C+1) softmax of the class head, index 0 end-of-sequence.
+        stop_prob: (T,) σ(stop), the objectness of each step.
+        masks: (T, H, W) bool binarised masks.
+        ignore: (H, W) bool void pixels, not counted in a mask's area; or None.
+        stop_th: a step with σ(stop) < stop_th is skipped (later steps still count).
+        min_area: a mask with fewer than ``min_area · H · W`` non-void pixels is skipped.
+        min_score: a (mask, class) pair scoring under it is left out, except a kept
+            mask's best class.
+        top_k: at most this many classes per mask (None: all).
+
+    Returns:
+        (steps, labels, scores), each (n,), ordered by step then class id: the step of
+        each detection, its class in 1..C and its score p(class)·σ(stop).
+    """
+    t_steps, h, w = masks.shape
+    valid = masks if ignore is None else masks & ~ignore.to(masks.device).bool()
+    area = valid.flatten(1).sum(1)
+    kept_step = (stop_prob >= stop_th) & (area >= min_area * h * w)          # (T,)
+    scores = class_prob[:, 1:] * stop_prob[:, None]                           # (T, C)
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(scores.shape[1], device=order.device)
+                  .expand_as(order).contiguous())
+    keep = (scores >= min_score) | (rank == 0)
+    if top_k is not None:
+        keep &= rank < top_k
+    keep &= kept_step[:, None]
+    steps, cls = keep.nonzero(as_tuple=True)
+    return steps, cls + 1, scores[steps, cls]
+
+
 @torch.no_grad()
 def predict(model: RSIS, dataset: Dataset, batch_size: int = 16,
             device: str | torch.device = "cpu", loss_cfg: LossConfig = LossConfig(),
             with_iou_true: bool = True, num_workers: int = 0, amp: str = "none",
-            channels_last: bool = False) -> list[ImagePrediction]:
+            channels_last: bool = False, *, inference: str | None = None,
+            stop_th: float = RSIS_STOP_TH, min_area: float = RSIS_MIN_AREA,
+            min_score: float = 0.0, top_k: int | None = None) -> list[ImagePrediction]:
     """Predict every image of ``dataset`` in order.
 
     Args:
@@ -174,11 +231,26 @@ def predict(model: RSIS, dataset: Dataset, batch_size: int = 16,
             Masks, scores and IoUs are computed from the float32 output.
         channels_last: on CUDA, convert the model (in place) and the images to
             channels_last memory format; ignored elsewhere.
+        inference: plain RSIS's rule, "rsis" or "first_stop" (module docstring);
+            None (default) takes ``model.cfg.inference``. Unused by W-RSIS.
+        stop_th, min_area, min_score, top_k: the "rsis" rule's thresholds
+            (`rsis_detections`); the defaults are RSIS's.
 
     Returns:
-        One ImagePrediction per item, in dataset order. ``iou_pred`` is in IoU space.
-        `image_score_mae` of the result is the Table 2 metric.
+        One ImagePrediction per item, in dataset order, ``steps`` filled. ``iou_pred``
+        is in IoU space, one per detection (a mask's detections share it); ``iou_true``
+        is per detection, from one same-class matching of all detections to the
+        ground truth. `image_score_mae` of the result is the Table 2 metric.
     """
+    rule = model.cfg.inference if inference is None else inference
+    if rule not in INFERENCE_RULES:
+        raise ValueError(f"inference={rule!r} not in {INFERENCE_RULES}")
+    if not 0.0 <= min_area <= 1.0:
+        raise ValueError(f"min_area must be in [0, 1], got {min_area}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int)
+                              or top_k < 1):
+        raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}")
+    faithful = rule == "rsis" and not model.cfg.weak
     device = torch.device(device)
     amp_dtype(amp, device)  # validates amp on every device
     was_training = model.training
@@ -194,25 +266,37 @@ def predict(model: RSIS, dataset: Dataset, batch_size: int = 16,
             images = batch["images"].to(device)
             class_seq = weak_class_sequence(batch["labels"]).to(device) if model.cfg.weak else None
             out = forward_for_inference(model, images, class_seq, amp, channels_last)
-            cls_prob = torch.softmax(out.class_logits, -1)
-            stop_prob = torch.sigmoid(out.stop_logits)
-            iou_pred = iou_target_inverse(out.iou, loss_cfg.iou_target)
+            cls_prob = torch.softmax(out.class_logits, -1).cpu()
+            stop_prob = torch.sigmoid(out.stop_logits).cpu()
+            iou_pred = iou_target_inverse(out.iou, loss_cfg.iou_target).cpu()
+            all_masks = (out.mask_logits > 0).cpu()
             h, w = images.shape[-2:]
             for b in range(images.shape[0]):
-                n, labels = emitted_objects(out, b, class_seq, int(batch["labels"][b].numel()))
-                steps = torch.arange(n, device=device)
-                scores = cls_prob[b, steps, labels] * stop_prob[b, :n]
-                masks = (out.mask_logits[b, :n] > 0).cpu()
+                if faithful:
+                    steps, labels, scores = rsis_detections(
+                        cls_prob[b], stop_prob[b], all_masks[b], batch["ignore"][b],
+                        stop_th=stop_th, min_area=min_area, min_score=min_score,
+                        top_k=top_k)
+                else:
+                    n, labels = emitted_objects(out, b, class_seq,
+                                                int(batch["labels"][b].numel()))
+                    labels = labels.cpu()
+                    steps = torch.arange(n)
+                    scores = cls_prob[b, steps, labels] * stop_prob[b, :n]
+                # one RLE per mask, copied to each of its detections
+                uniq = sorted(set(steps.tolist()))
+                rle_of = dict(zip(uniq, encode_rles(all_masks[b, uniq])))
                 pred = ImagePrediction(
                     image_id=int(batch["image_ids"][b]), height=int(h), width=int(w),
-                    rles=encode_rles(masks),
+                    rles=[dict(rle_of[t]) for t in steps.tolist()],
                     labels=[int(x) for x in labels.tolist()],
                     scores=[float(x) for x in scores.tolist()],
-                    iou_pred=[float(x) for x in iou_pred[b, :n].tolist()],
+                    iou_pred=[float(x) for x in iou_pred[b, steps].tolist()],
+                    steps=[int(t) for t in steps.tolist()],
                 )
                 if with_iou_true:
                     pred.iou_true = [float(x) for x in match_true_iou(
-                        masks, labels.cpu(), batch["masks"][b], batch["labels"][b],
+                        all_masks[b, steps], labels, batch["masks"][b], batch["labels"][b],
                         batch["ignore"][b])]
                 preds.append(pred)
     finally:

@@ -7,6 +7,13 @@ are baselines and variants for the study.
 Every strategy is deterministic: given the same scores, arguments and the same
 state of ``rng``, it returns the same ids in the same order.
 
+Ties (equal scores, or equal distances to β) are broken by a draw from ``rng``: one
+random permutation of the pool (ids ascending) gives each image a tie key, so which of
+several equally good images is taken depends on the seed the caller gave the rng (the
+study seeds it by (seed, N)), never on the image ids, and images that are not tied
+keep their order. Without an rng (``rng=None``, allowed where a strategy does not
+need one) ties fall to the image id, ascending.
+
 Multi-round selection (active learning in several iterations) is built from three
 pieces: `plan_rounds` splits the N − n_init images to select into per-round sizes
 N'_1 … N'_R, `select_round` picks one round's images while excluding every image
@@ -24,7 +31,7 @@ from typing import Callable, Collection, Mapping, Sequence
 import numpy as np
 
 # Distances are rounded before ranking so that ties that are ties in decimal
-# (|0.2 - 0.3| vs |0.4 - 0.3|) are ties in float too and fall to the image id.
+# (|0.2 - 0.3| vs |0.4 - 0.3|) are ties in float too and fall to the tie key.
 _DECIMALS = 12
 
 StrategyFn = Callable[[np.ndarray, np.ndarray, int, "float | None", "np.random.Generator | None",
@@ -49,9 +56,16 @@ class Strategy:
     description: str
 
 
-def _rank(ids: np.ndarray, key: np.ndarray) -> np.ndarray:
-    """ids ordered by key ascending, ties by id ascending. (P,) → (P,)."""
-    return ids[np.lexsort((ids, np.round(key, _DECIMALS)))]
+def _tie_keys(ids: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
+    """(P,) tie keys for ``ids`` (ascending): a permutation drawn from ``rng``, or the
+    ids themselves without one."""
+    return ids if rng is None else rng.permutation(ids.size)
+
+
+def _rank(ids: np.ndarray, key: np.ndarray, tie: np.ndarray) -> np.ndarray:
+    """ids ordered by key ascending (rounded to ``_DECIMALS``), ties by ``tie``
+    ascending. (P,) → (P,)."""
+    return ids[np.lexsort((tie, np.round(key, _DECIMALS)))]
 
 
 def _random(ids, scores, n, beta, rng, delta) -> list[int]:
@@ -59,15 +73,15 @@ def _random(ids, scores, n, beta, rng, delta) -> list[int]:
 
 
 def _closest(ids, scores, n, beta, rng, delta) -> list[int]:
-    return [int(i) for i in _rank(ids, np.abs(scores - beta))[:n]]
+    return [int(i) for i in _rank(ids, np.abs(scores - beta), _tie_keys(ids, rng))[:n]]
 
 
 def _lowest(ids, scores, n, beta, rng, delta) -> list[int]:
-    return [int(i) for i in _rank(ids, scores)[:n]]
+    return [int(i) for i in _rank(ids, scores, _tie_keys(ids, rng))[:n]]
 
 
 def _highest(ids, scores, n, beta, rng, delta) -> list[int]:
-    return [int(i) for i in _rank(ids, -scores)[:n]]
+    return [int(i) for i in _rank(ids, -scores, _tie_keys(ids, rng))[:n]]
 
 
 def _band(ids, scores, n, beta, rng, delta) -> list[int]:
@@ -77,7 +91,8 @@ def _band(ids, scores, n, beta, rng, delta) -> list[int]:
         return [int(i) for i in rng.choice(inside, size=n, replace=False)]
     chosen = [int(i) for i in inside]
     rest = ~np.isin(ids, inside)
-    chosen += [int(i) for i in _rank(ids[rest], dist[rest])[: n - inside.size]]
+    tie = _tie_keys(ids, rng)[rest]
+    chosen += [int(i) for i in _rank(ids[rest], dist[rest], tie)[: n - inside.size]]
     return chosen
 
 
@@ -86,13 +101,14 @@ def _stratified(ids, scores, n, beta, rng, delta) -> list[int]:
         return []
     lo, hi = float(scores.min()), float(scores.max())
     # One target at the centre of each of n equal-width strata of [lo, hi]; each
-    # takes the free image nearest to it (ties by id).
+    # takes the free image nearest to it (ties by the tie key).
     targets = lo + (np.arange(n) + 0.5) * (hi - lo) / n
+    tie = _tie_keys(ids, rng)
     free = np.ones(ids.size, dtype=bool)
     chosen: list[int] = []
     for t in targets:
         cand = np.nonzero(free)[0]
-        best = cand[np.lexsort((ids[cand], np.round(np.abs(scores[cand] - t), _DECIMALS)))[0]]
+        best = cand[np.lexsort((tie[cand], np.round(np.abs(scores[cand] - t), _DECIMALS)))[0]]
         free[best] = False
         chosen.append(int(ids[best]))
     return chosen
@@ -121,12 +137,14 @@ def select(strategy: str, scores: Mapping[int, float], n: int, beta: float | Non
         n: how many to pick, 0 ≤ n ≤ len(scores).
         beta: target score in [0, 1]; required by ``closest`` and ``band``, unused
             by the others.
-        rng: numpy Generator; required by ``random`` and ``band``.
+        rng: numpy Generator; required by ``random`` and ``band``. The others use it,
+            when given, to break ties (module docstring); without it ties go by id.
         delta: half-width of the ``band`` strategy, ≥ 0.
 
     Returns:
         n distinct image ids. ``closest``/``lowest``/``highest`` list them best
-        first, ties by id ascending; ``random`` and ``band`` in draw order.
+        first, ties in the order of the rng's tie keys (by id ascending without an
+        rng); ``random`` and ``band`` in draw order.
 
     Raises:
         ValueError: naming the offending argument.
@@ -149,6 +167,8 @@ def select(strategy: str, scores: Mapping[int, float], n: int, beta: float | Non
         raise ValueError(f"beta must be in [0, 1], got {beta!r}")
     if spec.needs_rng and not isinstance(rng, np.random.Generator):
         raise ValueError(f"rng (a numpy.random.Generator) is required by strategy {strategy!r}")
+    if rng is not None and not isinstance(rng, np.random.Generator):
+        raise ValueError(f"rng must be a numpy.random.Generator or None, got {type(rng).__name__}")
     if not (isinstance(delta, (int, float)) and math.isfinite(delta) and delta >= 0):
         raise ValueError(f"delta must be a finite number >= 0, got {delta!r}")
     ids = np.asarray(sorted(int(i) for i in scores), dtype=np.int64)

@@ -54,11 +54,17 @@ class ImagePrediction:
     Attributes:
         image_id: the `Sample.image_id` it belongs to.
         height, width: size the RLEs are encoded at.
-        rles: one pycocotools RLE dict per predicted object (``counts`` as str).
-        labels: class id (1..C) per object.
-        scores: detection confidence per object, p(class)·σ(stop) or equivalent.
-        iou_pred: predicted IoU per object, in IoU space (already un-transformed).
-        iou_true: true IoU of each object with its matched ground truth, when known.
+        rles: one pycocotools RLE dict per detection (``counts`` as str).
+        labels: class id (1..C) per detection.
+        scores: confidence per detection, p(class)·σ(stop) or equivalent.
+        iou_pred: predicted IoU per detection, in IoU space (already un-transformed).
+        iou_true: true IoU of each detection with its matched same-class ground truth,
+            when known.
+        steps: the decoder step (predicted mask) each detection comes from, or None
+            when every detection is its own mask. RSIS-faithful inference
+            (`basis.infer`) emits one detection per (mask, class), so several
+            detections share a step and an RLE; image-level scores then count each
+            mask once, through its `primary` detection.
     """
 
     image_id: int
@@ -69,15 +75,39 @@ class ImagePrediction:
     scores: list[float] = field(default_factory=list)
     iou_pred: list[float] = field(default_factory=list)
     iou_true: list[float] | None = None
+    steps: list[int] | None = None
+
+    def primary(self) -> list[int]:
+        """Indices of one detection per predicted mask: the highest-scoring detection
+        of each step (the first on equal scores), in order of first appearance; every
+        index when ``steps`` is None."""
+        if self.steps is None:
+            return list(range(len(self.scores)))
+        if len(self.steps) != len(self.scores):
+            raise ValueError(f"image {self.image_id}: {len(self.steps)} steps for "
+                             f"{len(self.scores)} scored detections")
+        best: dict[int, int] = {}
+        for k, step in enumerate(self.steps):
+            if step not in best or self.scores[k] > self.scores[best[step]]:
+                best[step] = k
+        return list(best.values())
 
     @property
     def image_score(self) -> float:
-        """Eq. 2: the mean predicted IoU over the image's objects (0.0 with none)."""
-        return float(sum(self.iou_pred) / len(self.iou_pred)) if self.iou_pred else 0.0
+        """Eq. 2: the mean predicted IoU over the image's objects (0.0 with none); each
+        mask counts once (`primary`)."""
+        if not self.iou_pred:
+            return 0.0
+        vals = [self.iou_pred[k] for k in self.primary()] if self.steps else self.iou_pred
+        return float(sum(vals) / len(vals))
 
     @property
     def image_iou_true(self) -> float | None:
-        """The oracle image score: mean true IoU over the objects, when known."""
+        """The oracle image score: mean true IoU over the objects, when known; each mask
+        counts once, by its `primary` detection."""
         if self.iou_true is None:
             return None
-        return float(sum(self.iou_true) / len(self.iou_true)) if self.iou_true else 0.0
+        if not self.iou_true:
+            return 0.0
+        vals = [self.iou_true[k] for k in self.primary()] if self.steps else self.iou_true
+        return float(sum(vals) / len(vals))

@@ -28,6 +28,7 @@ BACKBONES: dict[str, tuple[int, ...]] = {
     "resnet101": (64, 256, 512, 1024, 2048),
 }
 IOU_POOLS = ("avg", "avg+mask")
+INFERENCE_RULES = ("rsis", "first_stop")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -44,8 +45,10 @@ class ModelConfig:
         max_steps: time steps of plain RSIS when no class sequence is given.
         weak: W-RSIS, i.e. the decoder takes the class to segment at each step.
         iou_head: add the IoU prediction branch (IoU-W-RSIS).
-        encoder_weights: local path of a torchvision ResNet state dict to start the
-            encoder from (nothing is downloaded); None for random initialisation.
+        encoder_weights: local path of weights to start the encoder from (nothing is
+            downloaded): a torchvision ResNet state dict of ``backbone`` (e.g.
+            ``resnet101-63fe2227.pth``; its ``fc`` is ignored), or a basis checkpoint
+            holding an encoder (`load_encoder_weights`); None for random initialisation.
         iou_pool: what the IoU branch pools from every decoder resolution. "avg"
             (default, the paper's Fig. 3): global average pooling of each ConvLSTM
             cell's hidden state. "avg+mask": also a pooling weighted by the step's
@@ -53,6 +56,15 @@ class ModelConfig:
             (mean probability, and mean probability inside the mask), so the branch
             sees the object it is rating and not only the whole-image context. The
             mask weights are detached: the IoU branch never changes the masks.
+        inference: how `basis.infer.predict` reads plain RSIS's output into detections
+            (ignored for W-RSIS, which always emits one detection per weak label).
+            "rsis" (default, RSIS's own evaluation): every step is scanned, none ends
+            the sequence; a step whose σ(stop) is under 0.5 or whose mask covers under
+            0.1 % of the image is skipped; each kept mask is one detection per class,
+            scored p(class)·σ(stop). "first_stop": the steps before the first one with
+            σ(stop) ≤ 0.5, one detection each, with the most probable class. It lives
+            here, not only as an argument of ``predict``, so that a sweep's ``model:``
+            section chooses it for every stage that evaluates the network.
     """
 
     backbone: str = "resnet18"
@@ -63,10 +75,13 @@ class ModelConfig:
     iou_head: bool = True
     encoder_weights: str | None = None
     iou_pool: str = "avg"
+    inference: str = "rsis"
 
     def __post_init__(self) -> None:
         if self.iou_pool not in IOU_POOLS:
             raise ValueError(f"iou_pool={self.iou_pool!r} not in {IOU_POOLS}")
+        if self.inference not in INFERENCE_RULES:
+            raise ValueError(f"inference={self.inference!r} not in {INFERENCE_RULES}")
 
 
 @dataclass
@@ -131,7 +146,7 @@ class ResNetEncoder(nn.Module):
 
     Args:
         name: one of `BACKBONES`.
-        weights: local path to a torchvision state dict for this ResNet, or None.
+        weights: local path of weights for this ResNet (`load_encoder_weights`), or None.
     """
 
     def __init__(self, name: str, weights: str | None = None) -> None:
@@ -156,29 +171,94 @@ class ResNetEncoder(nn.Module):
         return [x1, x2, x3, x4, x5]
 
 
+def _tensor_dict(obj: object) -> bool:
+    return (isinstance(obj, dict) and bool(obj)
+            and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()))
+
+
+def _encoder_state(obj: object) -> dict[str, torch.Tensor] | None:
+    """The ResNet state inside a loaded file, keys as torchvision names them, or None.
+
+    Accepted: a torchvision ResNet state dict; a basis RSIS state dict (keys
+    ``encoder.*``); a dict holding one of those under ``encoder``, ``model`` or
+    ``state_dict`` (a basis training checkpoint holds the model under ``model``).
+    A ``module.`` prefix (DDP) is removed.
+    """
+    if not isinstance(obj, dict):
+        return None
+    for key in ("encoder", "model", "state_dict"):
+        if key in obj and isinstance(obj[key], dict):
+            found = _encoder_state(obj[key])
+            if found is not None:
+                return found
+    if not _tensor_dict(obj):
+        return None
+    sd = {k.removeprefix("module."): v for k, v in obj.items()}
+    if any(k.startswith("encoder.") for k in sd):
+        sd = {k.removeprefix("encoder."): v for k, v in sd.items() if k.startswith("encoder.")}
+    return sd
+
+
+def _numpy_globals() -> list:
+    """What ``torch.load(weights_only=True)`` needs to rebuild numpy arrays (the numpy
+    RNG state that `basis.train.TrainState.state_dict` saves)."""
+    import numpy as np
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
+    return [_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+def _some(keys: list[str], most: int = 8) -> str:
+    shown = ", ".join(keys[:most])
+    return shown + (f", … ({len(keys)} in all)" if len(keys) > most else "")
+
+
 def load_encoder_weights(net: nn.Module, path: str, name: str) -> None:
-    """Load a local torchvision ResNet state dict into ``net`` (its ``fc`` is optional).
+    """Load local ResNet weights into ``net``, a torchvision ``name``.
+
+    ``path`` may hold a torchvision state dict (as ``torch.save(torchvision.models.
+    resnet101().state_dict(), path)`` writes it; ``fc.*`` is ignored), or a basis
+    checkpoint with an encoder state (`_encoder_state`). Every other key must match
+    ``net``'s by name and shape.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: the file is not a state dict of this ResNet.
+        ValueError: the file cannot be read, holds no ResNet state, or its keys do not
+            match this ResNet (the message names the file and the missing, unexpected
+            and mis-shaped keys).
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"encoder_weights={path!r} does not exist; give the local path of a torchvision "
             f"{name} state dict (no weights are downloaded)")
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict):
-        raise ValueError(f"{path!r} holds a {type(sd).__name__}, not a state dict")
-    sd = {k.removeprefix("module."): v for k, v in sd.items()}
-    if "fc.weight" not in sd:  # a headless backbone: keep the random fc, it is unused
-        sd.update({k: v for k, v in net.state_dict().items() if k.startswith("fc.")})
     try:
-        net.load_state_dict(sd, strict=True)
-    except RuntimeError as e:
-        raise ValueError(f"{path!r} is not a torchvision {name} state dict: {e}") from e
+        # weights_only, plus the numpy pieces of a basis training checkpoint's RNG state
+        with torch.serialization.safe_globals(_numpy_globals()):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"encoder_weights={path!r} cannot be read as a torch state dict "
+                         f"(corrupt, not written by torch.save, or holding more than "
+                         f"tensors): {type(e).__name__}: {e}") from e
+    sd = _encoder_state(obj)
+    if sd is None:
+        raise ValueError(f"encoder_weights={path!r} holds a {type(obj).__name__} with no "
+                         f"ResNet state: expected a torchvision {name} state dict or a basis "
+                         f"checkpoint with an encoder")
+    own = {k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}
+    sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    shapes = sorted(f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}"
+                    for k in set(own) & set(sd) if sd[k].shape != own[k].shape)
+    if missing or unexpected or shapes:
+        parts = [f"{label} keys: {_some(keys)}" for label, keys in
+                 (("missing", missing), ("unexpected", unexpected),
+                  ("mis-shaped (file vs model)", shapes)) if keys]
+        raise ValueError(f"encoder_weights={path!r} is not a torchvision {name} state dict; "
+                         + "; ".join(parts))
+    net.load_state_dict(sd, strict=False)
 
 
 def _conv_bn(cin: int, cout: int) -> nn.Sequential:

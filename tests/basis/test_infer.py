@@ -65,13 +65,22 @@ def test_plain_rsis_stops_on_the_stop_head():
     with torch.no_grad():
         model.fc_stop.weight.zero_()
         model.fc_stop.bias.fill_(10.0)
-    preds = predict(model, DATA, with_iou_true=False)
+    preds = predict(model, DATA, with_iou_true=False, inference="first_stop")
     assert all(len(p.rles) == 4 and p.iou_true is None for p in preds)
+    assert all(p.steps == list(range(4)) for p in preds)
     assert all(1 <= lab <= 20 for p in preds for lab in p.labels)
+    # the RSIS rule: every mask large enough, once per class
+    faithful = predict(model, DATA, with_iou_true=False)
+    assert any(p.steps for p in faithful)
+    for p in faithful:
+        kept = sorted(set(p.steps))
+        assert set(kept) <= set(range(4)) and len(p.rles) == 20 * len(kept)
+        assert sorted(zip(p.steps, p.labels)) == [(t, c) for t in kept for c in range(1, 21)]
     with torch.no_grad():
         model.fc_stop.bias.fill_(-10.0)
-    preds = predict(model, DATA)
-    assert all(len(p.rles) == 0 and p.iou_true == [] for p in preds)
+    for rule in ("first_stop", "rsis"):
+        preds = predict(model, DATA, inference=rule)
+        assert all(len(p.rles) == 0 and p.iou_true == [] for p in preds)
 
 
 def test_image_score_mae_arithmetic():

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import random
+
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -59,21 +62,90 @@ def test_convlstm_cell_shapes():
     assert h2.shape == h.shape
 
 
-def test_encoder_weights_from_local_file(tmp_path):
-    path = tmp_path / "r18.pth"
-    ref = torchvision.models.resnet18(weights=None)
-    torch.save(ref.state_dict(), path)
-    model = RSIS(ModelConfig(encoder_weights=str(path), **SMALL))
-    assert torch.equal(model.encoder.conv1.weight, ref.conv1.weight)
+def _encoder_matches(model, ref) -> None:
+    """Every encoder tensor (weights and BN statistics) equals the torchvision net's."""
+    enc = model.encoder.state_dict()
+    want = {k: v for k, v in ref.state_dict().items() if not k.startswith("fc.")}
+    assert set(enc) == set(want)
+    for k, v in want.items():
+        assert torch.equal(enc[k], v), k
 
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+
+def _resnet18():
+    ref = torchvision.models.resnet18(weights=None)
+    with torch.no_grad():  # BN statistics off their defaults, so that they are checked too
+        for m in ref.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+                m.num_batches_tracked.fill_(7)
+    return ref
+
+
+def test_encoder_weights_from_a_torchvision_state_dict(tmp_path):
+    path = tmp_path / "resnet18-random.pth"
+    ref = _resnet18()
+    torch.save(ref.state_dict(), path)
+    torch.manual_seed(123)  # a different random start than the file's
+    _encoder_matches(RSIS(ModelConfig(encoder_weights=str(path), **SMALL)), ref)
+    # without fc, and under DDP's prefix
+    sd = {f"module.{k}": v for k, v in ref.state_dict().items() if not k.startswith("fc.")}
+    torch.save(sd, tmp_path / "headless.pth")
+    _encoder_matches(RSIS(ModelConfig(encoder_weights=str(tmp_path / "headless.pth"),
+                                      **SMALL)), ref)
+
+
+def test_encoder_weights_from_basis_checkpoints(tmp_path):
+    ref = _resnet18()
+    src = RSIS(ModelConfig(**SMALL))
+    src.encoder.load_state_dict({k: v for k, v in ref.state_dict().items()
+                                 if not k.startswith("fc.")})
+    formats = {
+        "model.pt": src.state_dict(),                                   # a stage's model
+        "encoder.pt": {"encoder": src.encoder.state_dict()},
+        "train.pt": {"model": src.state_dict(), "epoch": 3,           # a training state
+                     "rng": {"numpy": np.random.get_state(), "python": random.getstate()}},
+    }
+    for name, obj in formats.items():
+        torch.save(obj, tmp_path / name)
+        _encoder_matches(RSIS(ModelConfig(encoder_weights=str(tmp_path / name), **SMALL)), ref)
+
+
+def test_encoder_weights_errors_name_the_file_and_the_keys(tmp_path):
+    ref = torchvision.models.resnet18(weights=None)
+    with pytest.raises(FileNotFoundError, match="missing.pth.*does not exist"):
         RSIS(ModelConfig(encoder_weights=str(tmp_path / "missing.pth"), **SMALL))
-    bad = tmp_path / "wrong.pth"
+
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(b"these are not weights")
+    with pytest.raises(ValueError, match="corrupt.pth.*cannot be read"):
+        RSIS(ModelConfig(encoder_weights=str(corrupt), **SMALL))
+    torch.save(ref.state_dict(), tmp_path / "whole.pth")
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes((tmp_path / "whole.pth").read_bytes()[:4096])
+    with pytest.raises(ValueError, match="truncated.pth.*cannot be read"):
+        RSIS(ModelConfig(encoder_weights=str(truncated), **SMALL))
+
+    torch.save([1, 2, 3], tmp_path / "list.pth")
+    with pytest.raises(ValueError, match="list.pth.*no ResNet state"):
+        RSIS(ModelConfig(encoder_weights=str(tmp_path / "list.pth"), **SMALL))
+
     sd = ref.state_dict()
+    del sd["layer4.1.conv2.weight"]
+    sd["layer5.0.conv1.weight"] = torch.zeros(1)
     sd["conv1.weight"] = torch.zeros(64, 3, 3, 3)  # a different network's stem
-    torch.save(sd, bad)
-    with pytest.raises(ValueError, match="not a torchvision resnet18"):
-        RSIS(ModelConfig(encoder_weights=str(bad), **SMALL))
+    torch.save(sd, tmp_path / "wrong.pth")
+    with pytest.raises(ValueError) as err:
+        RSIS(ModelConfig(encoder_weights=str(tmp_path / "wrong.pth"), **SMALL))
+    msg = str(err.value)
+    assert "wrong.pth" in msg and "not a torchvision resnet18" in msg
+    assert "missing keys: layer4.1.conv2.weight" in msg
+    assert "unexpected keys: layer5.0.conv1.weight" in msg
+    assert "conv1.weight (64, 3, 3, 3) vs (64, 3, 7, 7)" in msg
+
+    torch.save(torchvision.models.resnet34(weights=None).state_dict(), tmp_path / "r34.pth")
+    with pytest.raises(ValueError, match=r"unexpected keys: layer1\.2\.bn1\.bias"):
+        RSIS(ModelConfig(encoder_weights=str(tmp_path / "r34.pth"), **SMALL))
 
 
 def test_unknown_backbone_and_bad_hidden():

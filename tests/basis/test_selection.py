@@ -86,3 +86,60 @@ def test_non_finite_scores_and_bad_delta():
         select("lowest", {1: 0.1, 2: float("nan")}, 1, None, None)
     with pytest.raises(ValueError, match="delta"):
         select("band", SCORES, 1, 0.3, rng(), delta=-0.1)
+
+
+# --- ties broken by the rng ------------------------------------------------------
+
+TIED = {i: 0.5 for i in range(40)}  # every image equally good for every strategy
+RANKING = ["closest", "lowest", "highest", "band", "stratified"]
+
+
+@pytest.mark.parametrize("name", RANKING)
+def test_ties_are_broken_by_the_rng(name):
+    n = 5
+    # band: β far from the tied scores, so the band is empty and all n come from the
+    # ranked fill-up
+    beta = 0.0 if name == "band" else 0.5
+    pick = lambda seed: select(name, TIED, n, beta, rng(seed), delta=0.1)  # noqa: E731
+    assert pick(1) == pick(1)
+    draws = {tuple(pick(seed)) for seed in range(6)}
+    assert len(draws) > 1                      # the seed decides which tied images
+    assert all(len(set(d)) == n and set(d) <= set(TIED) for d in draws)
+    assert any(d != tuple(range(n)) for d in draws)   # not the lowest ids
+
+
+@pytest.mark.parametrize("name", ["closest", "lowest", "highest", "stratified"])
+def test_ties_fall_to_the_id_without_an_rng(name):
+    assert select(name, TIED, 4, 0.5, None) == [0, 1, 2, 3]
+
+
+def test_untied_order_does_not_depend_on_the_rng():
+    distinct = {i: (7 * i % 41) / 41 for i in range(41)}          # 41 distinct scores
+    for name in ("closest", "lowest", "highest", "stratified"):
+        ref = select(name, distinct, 12, 0.3, None)
+        assert all(select(name, distinct, 12, 0.3, rng(s)) == ref for s in range(5))
+    by_score = sorted(distinct, key=distinct.get)
+    assert select("lowest", distinct, 12, None, rng(3)) == by_score[:12]
+
+
+def test_ties_only_reorder_within_a_tie():
+    # three groups at distances 0.0, 0.1 and 0.2 from β, 6 images each; taking 9 takes
+    # all of the nearest group and 3 of the second, which 3 is up to the seed
+    scores = {i: (0.5, 0.6, 0.3)[i % 3] for i in range(18)}
+    groups = {v: {i for i in scores if scores[i] == v} for v in (0.5, 0.6, 0.3)}
+    seen = set()
+    for s in range(8):
+        got = select("closest", scores, 9, 0.5, rng(s))
+        assert set(got[:6]) == groups[0.5] and set(got[6:]) <= groups[0.6]
+        seen.add(frozenset(got[6:]))
+    assert len(seen) > 1
+
+
+def test_key_order_does_not_matter_with_an_rng():
+    shuffled = dict(reversed(list(TIED.items())))
+    assert select("closest", shuffled, 6, 0.5, rng(2)) == select("closest", TIED, 6, 0.5, rng(2))
+
+
+def test_rng_of_the_wrong_type():
+    with pytest.raises(ValueError, match="numpy.random.Generator or None"):
+        select("closest", SCORES, 1, 0.3, rng=np.random.RandomState(0))

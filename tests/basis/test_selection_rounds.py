@@ -79,3 +79,20 @@ def test_select_rounds_rescores_between_rounds():
 def test_select_rounds_names_the_failing_round():
     with pytest.raises(ValueError, match="round 2 of 2"):
         select_rounds("random", lambda _: SCORES, set(), [4, 3], rng=np.random.default_rng(0))
+
+
+def test_rounds_break_ties_by_the_rng_deterministically():
+    tied = {i: 0.5 for i in range(30)}
+
+    def run(seed):
+        return select_rounds("closest", lambda _: tied, {0, 1}, [3, 3], beta=0.5,
+                             rng=np.random.default_rng(seed))
+
+    assert run(7) == run(7)
+    assert len({tuple(map(tuple, run(s))) for s in range(6)}) > 1
+    for rounds in (run(s) for s in range(6)):
+        flat = [i for r in rounds for i in r]
+        assert len(set(flat)) == 6 and not {0, 1} & set(flat)
+    # without an rng the ties fall to the id: the lowest free ids, in order
+    assert select_rounds("closest", lambda _: tied, {0, 1}, [3, 3], beta=0.5) == \
+        [[2, 3, 4], [5, 6, 7]]
