@@ -3,6 +3,10 @@
 A profile names the submitit executor and the resources of a job. It is validated
 before anything is submitted: unknown keys, wrong types and values that could smuggle
 extra ``#SBATCH`` lines into the generated script are refused with one clear line.
+
+A profile may also give resources per stage kind (``stages: {score: {gpus_per_node: 1,
+…}}``): :meth:`ClusterProfile.for_stage` applies them, and ``make_executor(…, stage=KIND)``
+builds that stage's executor.
 """
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import yaml
 
@@ -18,6 +22,12 @@ import yaml
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "slurm" / "profiles"
 EXECUTORS = ("local", "slurm", "debug")
 _UNSAFE = re.compile(r"[\n\r;]|#SBATCH")
+#: The stage kinds of a sweep (see DESIGN.md "How data flows"); ``stages:`` keys.
+STAGE_KINDS = ("pretrain", "init", "score", "annotate", "pseudo", "segment", "select",
+               "control")
+#: The resource fields a ``stages.<kind>`` entry may override.
+STAGE_FIELDS = ("partition", "account", "qos", "nodes", "tasks_per_node", "gpus_per_node",
+                "cpus_per_task", "mem_gb", "timeout_min")
 
 
 class ProfileError(ValueError):
@@ -51,6 +61,8 @@ class ClusterProfile:
     setup: tuple[str, ...] = ()
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    # per stage kind, resource overrides: {"score": {"gpus_per_node": 1, …}}
+    stages: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.executor not in EXECUTORS:
@@ -81,11 +93,49 @@ class ClusterProfile:
             raise ProfileError(
                 f"profile {self.name}: tasks_per_node={self.tasks_per_node} > "
                 f"gpus_per_node={self.gpus_per_node}; DDP runs one task per GPU")
+        if self.mem_gb is not None and (not isinstance(self.mem_gb, (int, float))
+                                        or isinstance(self.mem_gb, bool) or self.mem_gb <= 0):
+            raise ProfileError(f"profile {self.name}: mem_gb={self.mem_gb!r}, must be a "
+                               "number > 0")
         for key in ("name", "partition", "account", "qos"):
             value = getattr(self, key)
             if value is not None and (not isinstance(value, str) or _UNSAFE.search(value)):
                 raise ProfileError(f"profile {self.name!r}: {key}={value!r} holds a newline, "
                                    "';' or '#SBATCH'")
+        self._check_stages()
+
+    def _check_stages(self) -> None:
+        if not isinstance(self.stages, Mapping):
+            raise ProfileError(f"profile {self.name}: stages={self.stages!r}, expected a mapping "
+                               f"of stage kinds ({', '.join(STAGE_KINDS)})")
+        for kind, over in self.stages.items():
+            if kind not in STAGE_KINDS:
+                raise ProfileError(f"profile {self.name}: stages.{kind}: unknown stage kind; "
+                                   f"allowed: {', '.join(STAGE_KINDS)}")
+            if not isinstance(over, Mapping):
+                raise ProfileError(f"profile {self.name}: stages.{kind}={over!r}, expected a "
+                                   f"mapping of resource keys ({', '.join(STAGE_FIELDS)})")
+            unknown = sorted(map(str, set(over) - set(STAGE_FIELDS)))
+            if unknown:
+                raise ProfileError(f"profile {self.name}: stages.{kind}: unknown key(s) "
+                                   f"{', '.join(unknown)}; allowed: "
+                                   f"{', '.join(STAGE_FIELDS)}")
+            # the overridden profile must pass every check above; its name locates the error
+            dataclasses.replace(self, name=f"{self.name}: stages.{kind}", stages={}, **over)
+
+    def for_stage(self, kind: str) -> "ClusterProfile":
+        """This profile with the ``stages.<kind>`` overrides applied; ``self`` if none.
+
+        The returned profile keeps the name and has no ``stages`` of its own: it is the
+        resolved resources of that one stage, so it is not resolved again for another.
+        """
+        if kind not in STAGE_KINDS:
+            raise ProfileError(f"profile {self.name}: stage kind {kind!r} unknown; allowed: "
+                               f"{', '.join(STAGE_KINDS)}")
+        over = self.stages.get(kind)
+        if not over:
+            return self
+        return dataclasses.replace(self, stages={}, **over)
 
     @classmethod
     def load(cls, name_or_path: str | Path) -> "ClusterProfile":
@@ -109,7 +159,12 @@ class ClusterProfile:
             raise ProfileError(f"{path}: unknown key(s) {', '.join(unknown)}; "
                                f"allowed: {', '.join(sorted(allowed))}")
         raw["setup"] = tuple(raw.get("setup") or ())
-        return cls(**raw)
+        if raw.get("stages") is None:
+            raw["stages"] = {}
+        try:
+            return cls(**raw)
+        except ProfileError as err:
+            raise ProfileError(f"{path}: {err}") from None
 
     @property
     def world_size(self) -> int:
@@ -119,14 +174,18 @@ class ClusterProfile:
 _JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}")
 
 
-def make_executor(profile: ClusterProfile, folder: str | Path, name: str | None = None) -> Any:
+def make_executor(profile: ClusterProfile, folder: str | Path, name: str | None = None,
+                  stage: str | None = None) -> Any:
     """A submitit executor for ``profile`` writing its logs under ``folder``.
 
     Every parameter reaches ``sbatch`` through submitit's own typed parameters.
     ``name`` is the Slurm job name (``squeue``, ``sacct --name``), e.g. ``basis-demo-init``.
+    ``stage`` is a stage kind (one of ``STAGE_KINDS``): its ``stages:`` overrides apply.
     """
     if name is not None and not _JOB_NAME.fullmatch(name):
         raise ProfileError(f"job name {name!r}: use letters, digits, '_', '.', '+', '-'")
+    if stage is not None:
+        profile = profile.for_stage(stage)
     import submitit
 
     from hpc.distributed import TIMEOUT_ENV
@@ -136,10 +195,10 @@ def make_executor(profile: ClusterProfile, folder: str | Path, name: str | None 
         return submitit.DebugExecutor(folder=folder)
     env_line = f"export {TIMEOUT_ENV}={int(profile.collective_timeout_s)}"
     if profile.executor == "local":
-        ex = submitit.LocalExecutor(folder=folder)
-        ex.update_parameters(timeout_min=profile.timeout_min, nodes=1,
-                             tasks_per_node=profile.tasks_per_node, setup=[env_line])
-        return ex
+        local = submitit.LocalExecutor(folder=folder)
+        local.update_parameters(timeout_min=profile.timeout_min, nodes=1,
+                                tasks_per_node=profile.tasks_per_node, setup=[env_line])
+        return local
     ex = submitit.AutoExecutor(folder=folder, cluster="slurm")
     params: dict[str, Any] = dict(
         timeout_min=profile.timeout_min,
