@@ -23,6 +23,8 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from analysis.schema import Status
+
 MODES = ("oracle", "predicted")
 DPI = 100
 #: (width, height) in pixels of each figure's PNG.
@@ -80,7 +82,7 @@ def _mean_std(values: pd.Series) -> tuple[float, float]:
 def ap_vs_beta(trials: pd.DataFrame, stem: str | Path, metric: str = "ap50",
                scale: float = 100.0) -> list[Path]:
     """AP vs β per N, oracle | predicted, random baseline dashed."""
-    ok = trials[trials["status"] == "COMPLETED"]
+    ok = trials[trials["status"] == Status.COMPLETED.value]
     ns = sorted(int(n) for n in trials["N"].dropna().unique())
     colors = _colors(ns)
     fig = _figure(SIZES["ap_vs_beta"])

@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.dataset as ds
 
-from analysis.schema import PARTITIONS, TABLES
+from analysis.schema import PARTITIONS, TABLES, SweepLayout
 
 
 class ResultsError(RuntimeError):
@@ -18,7 +18,7 @@ def read(sweep: str | Path, name: str) -> pd.DataFrame:
 
     Temporary files (``.*.tmp`` of a write in progress) are never read.
     """
-    root = Path(sweep) / "results" / name
+    root = SweepLayout(Path(sweep)).table(name)
     if not root.is_dir():
         raise ResultsError(f"no {name} results under {root} (has the sweep written any?)")
     schema = TABLES[name]
@@ -56,9 +56,9 @@ def read_optional(sweep: str | Path, name: str) -> pd.DataFrame | None:
     try:
         return read(sweep, name)
     except ResultsError:
-        if not (Path(sweep) / "results" / name).exists() and name == "image_scores":
+        if not (SweepLayout(Path(sweep)).table(name)).exists() and name == "image_scores":
             return _stage_image_scores(Path(sweep))
-        if (Path(sweep) / "results" / name).exists():
+        if (SweepLayout(Path(sweep)).table(name)).exists():
             raise
         return None
 
@@ -149,7 +149,7 @@ def parse_simple_yaml(text: str) -> dict:
 
 def sweep_config(sweep: str | Path) -> tuple[str | None, dict]:
     """``SWEEP/config.yaml`` as (text, parsed dict); (None, {}) when absent."""
-    path = Path(sweep) / "config.yaml"
+    path = SweepLayout(Path(sweep)).config
     if not path.is_file():
         return None, {}
     text = path.read_text()
@@ -163,7 +163,7 @@ def sweep_meta(sweep: str | Path) -> dict:
     """``SWEEP/sweep.json`` (name, command, started, MLflow URI …); {} when absent."""
     import json
 
-    path = Path(sweep) / "sweep.json"
+    path = SweepLayout(Path(sweep)).meta
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):

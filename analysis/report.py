@@ -21,6 +21,7 @@ import pandas as pd
 
 from analysis import figures, tables
 from analysis.io import read, read_optional, sweep_config, sweep_meta
+from analysis.schema import Status, SweepLayout
 
 #: Packages whose versions are read from their installed metadata, never imported.
 METADATA_ONLY = ("torch", "torchvision", "ray", "mlflow", "submitit", "numpy")
@@ -85,9 +86,9 @@ def missing(trials: pd.DataFrame, study: dict) -> Missing:
     if trials.empty:
         cells, seeds = expected_grid(study, trials) if study.get("N") else ([], [])
         return Missing(not_run=[_cell_name(*c) for c in cells])
-    failed = trials[trials["status"] != "COMPLETED"][["trial", "error", "log_path"]]
+    failed = trials[trials["status"] != Status.COMPLETED.value][["trial", "error", "log_path"]]
     cells, seeds = expected_grid(study, trials)
-    ok = trials[trials["status"] == "COMPLETED"]
+    ok = trials[trials["status"] == Status.COMPLETED.value]
     incomplete, not_run = [], []
     for mode, beta, n in cells:
         part = trials[(trials["mode"] == mode) & (trials["N"] == n)]
@@ -123,7 +124,7 @@ def _qualitative(sweep: Path) -> list[Path]:
 def build(sweep: str | Path, out: str | Path | None = None) -> Report:
     """Write the report of ``sweep`` into ``out`` (default ``SWEEP/report``)."""
     sweep = Path(sweep)
-    out = Path(out) if out is not None else sweep / "report"
+    out = Path(out) if out is not None else SweepLayout(sweep).report
     fig_dir, tab_dir = out / "figures", out / "tables"
     for d in (fig_dir, tab_dir):
         d.mkdir(parents=True, exist_ok=True)
@@ -158,7 +159,7 @@ def build(sweep: str | Path, out: str | Path | None = None) -> Report:
 
     md.extend([f"# Sweep report: {name}", ""])
     body.append(f"<h1>Sweep report: {html.escape(name)}</h1>")
-    n_ok = int((trials["status"] == "COMPLETED").sum()) if not trials.empty else 0
+    n_ok = int((trials["status"] == Status.COMPLETED.value).sum()) if not trials.empty else 0
     para(f"Folder {sweep.resolve()}; {len(trials)} trial(s) recorded, {n_ok} completed. "
          f"Generated {datetime.now().isoformat(timespec='seconds')}.")
 
@@ -250,7 +251,8 @@ def build(sweep: str | Path, out: str | Path | None = None) -> Report:
         code(command, "sh")
     if meta.get("started"):
         para(f"Started {meta['started']}; MLflow store {meta.get('mlflow_uri', '?')}.")
-    report_cmd = f"basis report {sweep}" + ("" if out == sweep / "report" else f" --out {out}")
+    default_out = out == SweepLayout(sweep).report
+    report_cmd = f"basis report {sweep}" + ("" if default_out else f" --out {out}")
     para(f"This report: {report_cmd}")
     para("Sweep config (config.yaml):" if cfg_text else "No config.yaml in the sweep folder.")
     if cfg_text:

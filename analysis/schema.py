@@ -7,6 +7,10 @@ Layout under ``SWEEP/results/``: one folder per table, Hive-partitioned by ``mod
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
 import pyarrow as pa
 
 #: One row per trial: the flat config (these keys and any extra config columns), its
@@ -18,7 +22,7 @@ TRIALS = pa.schema([
     pa.field("seed", pa.int64()),
     pa.field("mode", pa.string()),           # predicted | oracle | random (partition)
     pa.field("n_init", pa.int64()),
-    pa.field("status", pa.string()),         # COMPLETED | FAILED
+    pa.field("status", pa.string()),         # a `Status`: COMPLETED | FAILED | CANCELLED
     pa.field("error", pa.string()),
     pa.field("ap50", pa.float64()),          # AP@0.5 of the annotation network, [0, 1]
     pa.field("mae", pa.float64()),           # |predicted − true| image IoU score, [0, 1]
@@ -94,3 +98,84 @@ def to_table(name: str, rows: list[dict]) -> pa.Table:
         if extra:
             raise ValueError(f"{name}: unknown column(s) {sorted(extra)}")
     return pa.Table.from_pylist(rows, schema=schema)
+
+
+class Status(str, Enum):
+    """A trial's outcome, as the ``status`` column holds it; ``mlflow`` is the same
+    outcome in MLflow's words (a run ends FINISHED, FAILED or KILLED)."""
+
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def mlflow(self) -> str:
+        return {"COMPLETED": "FINISHED", "FAILED": "FAILED", "CANCELLED": "KILLED"}[self.value]
+
+
+#: Version of a sweep folder's layout (stage addresses, record files). A folder written
+#: by another version is refused with one line instead of being half reused.
+#: 2: typed stage specs, addressed by their full config and the code's fingerprint;
+#:    ``submissions.jsonl`` records in stage folders.
+LAYOUT_VERSION = 2
+
+
+@dataclass(frozen=True)
+class SweepLayout:
+    """The files of a sweep folder, named once for the writers (`jobs`) and the readers
+    (`analysis`, `basis status`)."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        """The sweep's full config (what a resume runs again)."""
+        return self.root / "config.yaml"
+
+    @property
+    def meta(self) -> Path:
+        """The sweep's record: name, fingerprint, MLflow ids, profile, layout version."""
+        return self.root / "sweep.json"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results"
+
+    def table(self, name: str) -> Path:
+        """The folder of one Parquet table (``results/<name>``)."""
+        return self.results / name
+
+    @property
+    def stages(self) -> Path:
+        return self.root / "stages"
+
+    @property
+    def submitit(self) -> Path:
+        return self.root / "submitit"
+
+    @property
+    def tracking(self) -> Path:
+        """Where trials buffer their MLflow events (`jobs.tracking.Buffer`)."""
+        return self.root / "tracking"
+
+    def trial_events(self, key: str) -> Path:
+        return self.tracking / f"{key}.jsonl"
+
+    @property
+    def mlflow_db(self) -> Path:
+        return self.root / "mlflow.db"
+
+    @property
+    def mlartifacts(self) -> Path:
+        return self.root / "mlartifacts"
+
+    @property
+    def ray(self) -> Path:
+        return self.root / "ray"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report"

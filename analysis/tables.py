@@ -32,6 +32,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.io import read
+from analysis.schema import Status
 
 TITLES = {"predicted": "Table 4 — predicted IoU", "oracle": "Table 3 — oracle IoU"}
 TABLE_MODES = {3: "oracle", 4: "predicted"}
@@ -110,7 +111,7 @@ def _ns(trials: pd.DataFrame) -> list[int]:
 
 
 def _ok(trials: pd.DataFrame) -> pd.DataFrame:
-    return trials[trials["status"] == "COMPLETED"]
+    return trials[trials["status"] == Status.COMPLETED.value]
 
 
 def _col(trials: pd.DataFrame, name: str) -> pd.Series:
@@ -145,7 +146,7 @@ def _seed_note(trials: pd.DataFrame) -> str:
 
 
 def _failed_note(trials: pd.DataFrame) -> str:
-    failed = int((trials["status"] != "COMPLETED").sum())
+    failed = int((trials["status"] != Status.COMPLETED.value).sum())
     return f"; {failed} failed trial(s) left out, see the trials table" if failed else ""
 
 
@@ -225,7 +226,7 @@ def mae(trials: pd.DataFrame, default_schedule: tuple[str | None, str | None] = 
     if pool["mae"].dropna().empty:
         pool, scope = trials, "all trials"
     labels = schedule_labels(pool, default_schedule)
-    ok_mask = pool["status"] == "COMPLETED"
+    ok_mask = pool["status"] == Status.COMPLETED.value
     order = sorted(labels.unique(), key=lambda s: (
         next((i for i, p in enumerate(SCHEDULE_ORDER) if s.startswith(p)), len(SCHEDULE_ORDER)),
         s))

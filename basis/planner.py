@@ -182,21 +182,21 @@ def _number(value: Any) -> float | None:
 def results_from_trials(trials: Iterable[Mapping]) -> list[dict]:
     """Rows of a sweep's ``trials`` table → the result rows `plan` joins.
 
-    Every completed trial (``status`` COMPLETED or missing) gives an ``annotation``
-    row from ``ap50`` and, when it has ``seg_ap50``, a ``segmentation`` row with its
-    ``pool_fraction``. Trials without an AP are skipped.
+    Every trial gives an ``annotation`` row from ``ap50`` and, when it has
+    ``seg_ap50``, a ``segmentation`` row with its ``pool_fraction``. Trials without an
+    AP are skipped.
 
     Args:
-        trials: dicts with the columns of ``analysis/schema.py`` TRIALS (at least N,
-            mode, ap50; beta, seed, status, seg_ap50, pool_fraction optional).
+        trials: the *completed* trials of a sweep (the caller filters by status, whose
+            words `analysis.schema.Status` defines), as dicts with the columns of its
+            TRIALS table (at least N, mode, ap50; beta, seed, seg_ap50, pool_fraction
+            optional).
 
     Returns:
         dicts {N, mode, beta, seed, ap50, network, pool_fraction}.
     """
     rows: list[dict] = []
     for t in trials:
-        if t.get("status") not in (None, "COMPLETED"):
-            continue
         common = {"N": int(t["N"]), "mode": str(t["mode"]), "beta": _number(t.get("beta")),
                   "seed": t.get("seed")}
         if common["seed"] is not None and _number(common["seed"]) is None:

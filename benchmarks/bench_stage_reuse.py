@@ -3,7 +3,7 @@
 Walks the stage DAG each trial of a sweep config needs, as `jobs.trial.run_trial`
 builds it — ``init`` (per seed), ``annotate`` (per distinct selection), and with
 ``study.segment`` ``pseudo`` and ``segment`` — addresses every stage with
-`jobs.dag.stage_dir` on the real stage specs (`jobs.trial.init_spec`), and counts the
+the typed stage specs' folders (`jobs.specs`, `jobs.trial.init_spec`), and counts the
 work twice:
 
 * with reuse: each distinct stage folder once (what the sweep runs);
@@ -44,8 +44,8 @@ from _common import ROOT, machine_line, ratio_line  # noqa: E402
 import yaml  # noqa: E402
 
 from jobs.config import SweepConfig, TrialConfig  # noqa: E402
-from jobs.dag import stage_dir  # noqa: E402
-from jobs.trial import init_spec  # noqa: E402
+from jobs.specs import AnnotateSpec, PseudoSpec, SegmentSpec  # noqa: E402
+from jobs.trial import init_spec, recipe  # noqa: E402
 
 PAPER_CONFIGS = ("configs/paper/table3_oracle.yaml", "configs/paper/table4_predicted.yaml",
                  "configs/paper/table5_segment.yaml")
@@ -80,28 +80,27 @@ def load(path: Path, tmp: str) -> SweepConfig:
 
 def trial_stages(cfg: SweepConfig, trial: TrialConfig) -> list[Stage]:
     """The stages of one trial, with the specs `jobs.trial.run_trial` gives them."""
-    train = cfg.section("train")
-    model = cfg.section("model")
-    epochs = int(train.get("epochs", 8))
-    iou_cached = model.get("iou_head", True) and train.get("iou_schedule", "freeze") == "freeze"
+    epochs = cfg.train.epochs
+    iou_cached = cfg.model.iou_head and cfg.train.iou_schedule == "freeze"
     d = cfg.data
     i_spec = init_spec(cfg, trial)
-    init = Stage(str(stage_dir(SWEEP, "init", i_spec)), "init", trial.n_init * epochs,
+    init = Stage(str(i_spec.folder(SWEEP).path), "init", trial.n_init * epochs,
                  (trial.n_init if iou_cached else 0) + d.n_pool + d.n_test)
-    # The selected ids stand for themselves: random depends on (seed, N) only.
-    selection = (["random", trial.seed, trial.N] if trial.mode == "random"
-                 else [trial.mode, trial.beta, trial.seed, trial.N])
-    ann_spec = {**i_spec, "train_ids": selection}
-    ann_dir = stage_dir(SWEEP, "annotate", ann_spec)
+    # The selected ids stand for themselves: random depends on (seed, N) only; an id
+    # tuple that encodes the selection addresses the stage as the real ids would.
+    selection = ((-1, trial.seed, trial.N) if trial.mode == "random"
+                 else (-2 if trial.mode == "oracle" else -3, round(1000 * trial.beta),
+                       trial.seed, trial.N))
+    ann_spec = AnnotateSpec(recipe(cfg.with_schedule(trial.variant), trial.seed), selection)
+    ann_dir = ann_spec.folder(SWEEP).path
     out = [init, Stage(str(ann_dir), "annotate", trial.N * epochs,
                        (trial.N if iou_cached else 0) + d.n_test)]
     if trial.pool_fraction is not None:
-        p_spec = {**ann_spec, "annotate_dir": str(ann_dir)}
-        p_dir = stage_dir(SWEEP, "pseudo", p_spec)
+        p_spec = PseudoSpec(ann_spec)
         n_pseudo = round(trial.pool_fraction * d.n_additional)
-        s_spec = {**ann_spec, "pseudo_dir": str(p_dir), "n_pseudo": n_pseudo}
-        out += [Stage(str(p_dir), "pseudo", 0, d.n_additional),
-                Stage(str(stage_dir(SWEEP, "segment", s_spec)), "segment",
+        s_spec = SegmentSpec(p_spec, n_pseudo)
+        out += [Stage(str(p_spec.folder(SWEEP).path), "pseudo", 0, d.n_additional),
+                Stage(str(s_spec.folder(SWEEP).path), "segment",
                       (trial.N + n_pseudo) * epochs, d.n_test)]
     return out
 
@@ -164,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"seeds={len(cfg.study.seed)} modes={list(cfg.study.modes)} "
                   f"random={cfg.study.random_baseline} segment={cfg.study.segment} "
                   f"pools={list(cfg.study.pool_fractions) if cfg.study.segment else '-'}; "
-                  f"n_init={cfg.study.n_init} epochs={cfg.section('train').get('epochs')} "
+                  f"n_init={cfg.study.n_init} epochs={cfg.train.epochs} "
                   f"pool/test/additional={d.n_pool}/{d.n_test}/{d.n_additional}")
             report(cfg.name, count(chains))
         if len(paths) > 1:

@@ -78,9 +78,13 @@ def run_sweep(config: Path, sweep_dir: Path) -> tuple[float, int]:
     wall = time.perf_counter() - t0
     if out.returncode != 0:
         raise RuntimeError(f"basis sweep failed:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
+    from jobs.dag import job_ids
+    from jobs.specs import StageFolder
+
     jobs = set()
-    for f in (sweep_dir / "stages").glob("*/job_ids"):
-        jobs.update(line.split()[0] for line in f.read_text().splitlines() if line.strip())
+    for d in (sweep_dir / "stages").glob("*-*"):
+        if d.is_dir():
+            jobs.update(job_ids(StageFolder(d)))
     return wall, len(jobs)
 
 
@@ -88,9 +92,9 @@ def run_bare(raw: dict, work: Path) -> tuple[float, int]:
     """The same stages as plain submitit jobs on the same profile → (wall s, jobs)."""
     from hpc.profiles import ClusterProfile, make_executor
     from jobs.config import SweepConfig
-    from jobs.dag import stage_dir
-    from jobs.stages import AnnotateStage, InitStage, ScoreStage
-    from jobs.trial import init_spec, select_images
+    from jobs.specs import AnnotateSpec, ScoreSpec, StageFolder, StageSpec
+    from jobs.stages import job_for
+    from jobs.trial import init_spec, recipe, select_images
 
     t0 = time.perf_counter()
     cfg = SweepConfig.from_dict(raw)
@@ -98,24 +102,25 @@ def run_bare(raw: dict, work: Path) -> tuple[float, int]:
     trials = cfg.trials()
     n_jobs = 0
 
-    def submit(kind: str, spec: dict, cls: type) -> Path:
-        d = stage_dir(work, kind, spec)
-        d.mkdir(parents=True, exist_ok=True)
-        job = make_executor(profile, work / "submitit" / d.name).submit(cls(spec, d))
+    def submit(spec: StageSpec) -> StageFolder:
+        folder = spec.folder(work)
+        folder.path.mkdir(parents=True, exist_ok=True)
+        job = make_executor(profile, work / "submitit" / folder.name).submit(
+            job_for(spec, folder))
         job.results()
-        return d
+        return folder
 
     i_spec = init_spec(cfg, trials[0])       # one seed: one init stage
-    init_dir = submit("init", i_spec, InitStage)
-    score_dir = submit("score", {**i_spec, "init_dir": str(init_dir)}, ScoreStage)
+    submit(i_spec)
+    score = submit(ScoreSpec(i_spec))
     n_jobs += 2
     specs = {}
     for t in trials:
-        init_ids, selected = select_images(score_dir, t)
-        spec = {**i_spec, "train_ids": sorted(init_ids + selected)}
-        specs[str(stage_dir(work, "annotate", spec))] = spec   # equal selections: one job
+        init_ids, selected = select_images(score, t)
+        spec = AnnotateSpec(recipe(cfg, t.seed), tuple(sorted(init_ids + selected)))
+        specs[spec.dirname] = spec            # equal selections: one job
     with ThreadPoolExecutor(max_workers=profile.max_concurrent_trials) as pool:
-        list(pool.map(lambda s: submit("annotate", s, AnnotateStage), specs.values()))
+        list(pool.map(submit, specs.values()))
     n_jobs += len(specs)
     return time.perf_counter() - t0, n_jobs
 

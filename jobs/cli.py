@@ -27,15 +27,18 @@ trials are skipped. Results: SWEEP/results/*.parquet; MLflow: SWEEP/mlflow.db.
 
 
 def _sweep(args: argparse.Namespace) -> int:
+    from analysis.schema import SweepLayout
     from hpc.profiles import ClusterProfile
     from jobs import sweep
     from jobs.config import ConfigError, SweepConfig
 
     if args.resume:
         sweep_dir = Path(args.resume)
-        if not (sweep_dir / "config.yaml").exists():
+        layout = SweepLayout(sweep_dir)
+        if not layout.config.exists():
             raise ConfigError(f"--resume {sweep_dir}: not a sweep folder (no config.yaml)")
-        cfg = SweepConfig.load(sweep_dir / "config.yaml")
+        sweep.check_layout(sweep_dir)
+        cfg = SweepConfig.load(layout.config)
         profile_name = args.profile or sweep.read_meta(sweep_dir).get("profile") or cfg.profile
     elif args.config:
         cfg = SweepConfig.load(args.config)
@@ -66,10 +69,10 @@ def _sweep(args: argparse.Namespace) -> int:
         print()
         print(render(sweep_dir, mode=mode))
     uri = meta["mlflow_uri"]
-    print(f"results (Parquet): {sweep_dir.resolve() / 'results'}")
+    layout = SweepLayout(sweep_dir.resolve())
+    print(f"results (Parquet): {layout.results}")
     print(f"MLflow store:      {uri}")
-    print(f"stage outputs:     {sweep_dir.resolve() / 'stages'}   job logs: "
-          f"{sweep_dir.resolve() / 'submitit'}")
+    print(f"stage outputs:     {layout.stages}   job logs: {layout.submitit}")
     print(f"tables again:      basis tables {sweep_dir}")
     print(f"browse the runs:   mlflow ui --backend-store-uri {uri} --host 127.0.0.1")
     return _summary(sweep_dir, cfg.n_trials())
@@ -78,9 +81,10 @@ def _sweep(args: argparse.Namespace) -> int:
 def _summary(sweep_dir: Path, n_trials: int) -> int:
     """List failed and missing trials; exit 1 if there are any (0 if all completed)."""
     from analysis.io import read
+    from analysis.schema import Status
 
     trials = read(sweep_dir, "trials")
-    failed = trials[trials["status"] != "COMPLETED"]
+    failed = trials[trials["status"] != Status.COMPLETED.value]
     missing = n_trials - len(trials)
     for _, row in failed.iterrows():
         print(f"FAILED {row['trial']}: {row['error']}\n       log: {row['log_path']}")
@@ -119,7 +123,9 @@ def _status(args: argparse.Namespace) -> int:
     from jobs.status import render
 
     sweep = Path(args.sweep)
-    if not (sweep / "config.yaml").exists():
+    from analysis.schema import SweepLayout
+
+    if not SweepLayout(sweep).config.exists():
         raise ValueError(f"{sweep} is not a sweep folder (no config.yaml)")
     print(render(sweep))
     return 0
@@ -159,7 +165,10 @@ def _plan(args: argparse.Namespace) -> int:
     if args.sweep:
         from analysis.io import read
 
-        trials = read(args.sweep, "trials").astype(object)
+        from analysis.schema import Status
+
+        trials = read(args.sweep, "trials")
+        trials = trials[trials["status"] == Status.COMPLETED.value].astype(object)
         results = results_from_trials(trials.where(trials.notna(), None).to_dict("records"))
     fractions = args.fractions if args.fractions is not None else (
         (0.0, 0.5, 1.0) if args.additional else (0.0,))

@@ -1,46 +1,57 @@
-"""Frozen configs of a sweep and its trials; their flat form is the MLflow params,
-the Tune keys and the Parquet columns.
+"""Frozen configs of a sweep and its trials.
 
-Everything is validated when the sweep is loaded, before a single job is submitted:
-each error names the field and what is allowed.
+A `SweepConfig` holds `basis`'s own config dataclasses (`ModelConfig`, `TrainConfig`,
+`LossConfig`, `SyntheticConfig`) once, built and validated when the sweep is loaded,
+before a single job is submitted: each error names the field and what is allowed. A
+`TrialConfig` is one grid point; its `to_flat_dict()` is at once the Tune keys, the
+Parquet columns and the trial's own MLflow params.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, TypeVar
 
 import yaml
 
+from basis.data.synthetic import SyntheticConfig
+from basis.losses import LossConfig
+from basis.models.rsis import ModelConfig
+from basis.train import TrainConfig
+
 MODES = ("predicted", "oracle", "random")
-SECTIONS = ("data", "model", "train", "loss")
+#: The data kinds `jobs.data` opens.
+DATA_KINDS = ("synthetic", "voc_sbd", "coco")
+#: The `basis` config class of each method section of a sweep config.
+SECTIONS: dict[str, type] = {"model": ModelConfig, "train": TrainConfig, "loss": LossConfig}
+
+C = TypeVar("C")
 
 
 class ConfigError(ValueError):
     """A sweep config that cannot run; the message names the field."""
 
 
-def _basis_classes() -> dict[str, type]:
-    from basis.data.synthetic import SyntheticConfig
-    from basis.losses import LossConfig
-    from basis.models.rsis import ModelConfig
-    from basis.train import TrainConfig
-
-    return {"data": SyntheticConfig, "model": ModelConfig, "train": TrainConfig,
-            "loss": LossConfig}
-
-
-def build(section: str, values: Mapping[str, Any]) -> Any:
-    """The `basis` dataclass of ``section`` from a mapping, with a clear error."""
-    cls = _basis_classes()[section]
-    allowed = {f.name for f in dataclasses.fields(cls)}
+def build(cls: type[C], values: Mapping[str, Any] | C, section: str) -> C:
+    """The dataclass ``cls`` from a mapping (or itself), with a clear error naming
+    ``section`` and the keys it allows."""
+    if isinstance(values, cls):
+        return values
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{section}: expected a mapping, got {type(values).__name__}")
+    allowed = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(values) - allowed)
     if unknown:
         raise ConfigError(f"{section}: unknown key(s) {', '.join(unknown)}; "
                           f"allowed: {', '.join(sorted(allowed))}")
+    hints = {f.name: f.type for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    # YAML and JSON give lists where a config holds tuples
+    values = {k: tuple(v) if isinstance(v, list) and "tuple" in str(hints.get(k)) else v
+              for k, v in values.items()}
     try:
         return cls(**values)
     except (TypeError, ValueError) as err:
@@ -52,7 +63,7 @@ class DataConfig:
     """Which images (see `jobs.data`): ``synthetic`` (the default), ``voc_sbd`` or ``coco``.
 
     For synthetic data the split sizes are settings; for real data they are read from
-    disk when the sweep starts (`SweepConfig.resolved`) and recorded in its config.yaml.
+    disk when the sweep starts (`jobs.data.resolved`) and recorded in its config.yaml.
     """
 
     kind: str = "synthetic"
@@ -60,7 +71,7 @@ class DataConfig:
     n_test: int = 64           # evaluation images (VOC12 val: 1449)
     n_additional: int = 0      # weakly labelled pool to pseudo-label (SBD: 9118)
     data_seed: int = 0         # identity of the synthetic dataset, not a trial seed
-    synthetic: Mapping[str, Any] = field(default_factory=dict)  # SyntheticConfig fields
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     image_size: int = 256      # real images are resized to this (RSIS: 256×256)
     voc_root: str | None = None        # VOCdevkit/VOC2012 (voc_sbd)
     sbd_root: str | None = None        # benchmark_RELEASE/dataset (voc_sbd)
@@ -69,13 +80,30 @@ class DataConfig:
     coco_additional: str | None = None  # COCO JSON of the additional pool (coco, optional)
     image_root: str | None = None      # folder of the COCO images
     check_images: bool = True          # read every image before submitting (real data)
-    sizes_from_disk: bool = False      # set by `SweepConfig.resolved` for real data
+    sizes_from_disk: bool = False      # set by `jobs.data.resolved` for real data
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> "DataConfig":
+        raw = dict(raw)
+        synth = build(SyntheticConfig, raw.pop("synthetic", None) or {}, "data.synthetic")
+        return dataclasses.replace(build(cls, raw, "data"), synthetic=synth)
 
     def paths(self) -> dict[str, str | None]:
         """The path fields the kind needs → their values."""
         need = {"synthetic": (), "voc_sbd": ("voc_root", "sbd_root"),
                 "coco": ("coco_train", "coco_test")}[self.kind]
         return {k: getattr(self, k) for k in need}
+
+    def n_classes(self) -> int:
+        """Classes the model predicts: the synthetic config's, VOC's 20, or the COCO
+        file's."""
+        if self.kind == "synthetic":
+            return int(self.synthetic.n_classes)
+        if self.kind == "voc_sbd":
+            return 20
+        from basis.data.coco import COCOInstances
+
+        return len(COCOInstances(str(self.coco_train), self.image_root).category_ids)
 
 
 #: The IoU-branch settings a Table-2 schedule may change (train.iou_schedule, loss.iou_target).
@@ -108,14 +136,26 @@ class StudyConfig:
 
 
 @dataclass(frozen=True)
+class Arm:
+    """One arm of the grid, crossed with N and seed: a selection mode and β (None for
+    random), the pool fraction when it segments, and a Table-2 schedule name (None:
+    the sweep's own IoU-branch settings)."""
+
+    mode: str
+    beta: float | None
+    pool_fraction: float | None = None
+    variant: str | None = None
+
+
+@dataclass(frozen=True)
 class SweepConfig:
     name: str
     profile: str = "local"
-    data: DataConfig = DataConfig()
-    model: Mapping[str, Any] = field(default_factory=dict)
-    train: Mapping[str, Any] = field(default_factory=dict)
-    loss: Mapping[str, Any] = field(default_factory=dict)
-    study: StudyConfig = StudyConfig()
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
 
     @classmethod
     def load(cls, path: str | Path) -> "SweepConfig":
@@ -126,23 +166,43 @@ class SweepConfig:
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML: {err}") from err
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"{path}: expected a mapping of sections, got "
+                              f"{type(raw).__name__}")
         return cls.from_dict(raw, default_name=path.stem)
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], default_name: str = "sweep") -> "SweepConfig":
+        """A validated config from its mapping (a YAML file, or `to_dict` again)."""
         raw = dict(raw)
         top = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(raw) - top)
         if unknown:
             raise ConfigError(f"unknown top-level key(s) {', '.join(unknown)}; "
                               f"allowed: {', '.join(sorted(top))}")
-        data = _sub(DataConfig, raw.pop("data", {}) or {}, "data")
-        study = _sub(StudyConfig, raw.pop("study", {}) or {}, "study")
+        data_raw = raw.pop("data", {}) or {}
+        if not isinstance(data_raw, Mapping):
+            raise ConfigError(f"data: expected a mapping, got {type(data_raw).__name__}")
+        data = DataConfig.from_dict(data_raw)
+        if data.kind not in DATA_KINDS:
+            raise ConfigError(f"data.kind={data.kind!r}; allowed: {', '.join(DATA_KINDS)}")
+        _check_paths(data)
+        study = build(StudyConfig, raw.pop("study", {}) or {}, "study")
         for key in ("N", "beta", "seed", "modes", "pool_fractions", "segment_modes",
                     "segment_betas", "schedules"):
             study = dataclasses.replace(study, **{key: tuple(_as_list(getattr(study, key)))})
-        cfg = cls(name=str(raw.pop("name", default_name)), data=data, study=study,
-                  **{k: dict(raw.get(k) or {}) for k in ("model", "train", "loss")},
+        sections = {k: dict(raw.get(k) or {}) if isinstance(raw.get(k) or {}, Mapping)
+                    else raw[k] for k in SECTIONS}
+        n_classes = data.n_classes()
+        given = sections["model"].get("n_classes", n_classes) if isinstance(
+            sections["model"], Mapping) else n_classes
+        if given != n_classes:
+            raise ConfigError(f"model.n_classes={given} differs from the data's "
+                              f"n_classes={n_classes}; leave it out, it is taken from the data")
+        if isinstance(sections["model"], Mapping):   # the model predicts the data's classes
+            sections["model"] = {**sections["model"], "n_classes": n_classes}
+        built = {k: build(SECTIONS[k], v, k) for k, v in sections.items()}
+        cfg = cls(name=str(raw.pop("name", default_name)), data=data, study=study, **built,
                   **({"profile": raw["profile"]} if "profile" in raw else {}))
         cfg.validate()
         return cfg
@@ -150,16 +210,8 @@ class SweepConfig:
     def validate(self) -> None:
         """Raise `ConfigError` on anything that would fail later in a job."""
         s, d = self.study, self.data
-        kinds = ("synthetic", "voc_sbd", "coco")
-        if d.kind not in kinds:
-            raise ConfigError(f"data.kind={d.kind!r}; allowed: {', '.join(kinds)}")
-        for key, path in d.paths().items():
-            if not path:
-                raise ConfigError(f"data.{key} is required for data.kind={d.kind}")
-            if not Path(path).exists():
-                raise ConfigError(f"data.{key}={path} does not exist")
         if d.kind != "synthetic" and not d.sizes_from_disk:
-            return self._validate_sections()   # sizes are checked once read from disk
+            return self._validate_grid()   # sizes are checked once read from disk
         for key in ("n_pool", "n_test"):
             if getattr(d, key) < 1:
                 raise ConfigError(f"data.{key}={getattr(d, key)} must be ≥ 1")
@@ -178,14 +230,12 @@ class SweepConfig:
                     raise ConfigError(f"study.pool_fractions has {f}; allowed: (0, 1]")
         if not s.modes and not s.random_baseline:
             raise ConfigError("study has no modes and no random baseline: nothing to run")
-        self._validate_sections()
-        if s.segment and not any(a["pool_fraction"] is not None for a in self.arms()):
+        self._validate_grid()
+        if s.segment and not any(a.pool_fraction is not None for a in self.arms()):
             raise ConfigError("study.segment_modes / segment_betas leave no arm to segment")
 
-    def _validate_sections(self) -> None:
+    def _validate_grid(self) -> None:
         """The checks that need no split sizes."""
-        import re
-
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", self.name):
             raise ConfigError(f"name={self.name!r}: use letters, digits, '_', '.', '-' "
                               "(it becomes a folder, an MLflow experiment and a job name)")
@@ -206,13 +256,6 @@ class SweepConfig:
         if bad:
             raise ConfigError(f"study.segment_betas has {bad}, not in study.beta")
         self._validate_schedules()
-        n_classes = self.n_classes()
-        if self.model.get("n_classes", n_classes) != n_classes:
-            raise ConfigError(f"model.n_classes={self.model['n_classes']} differs from the "
-                              f"data's n_classes={n_classes}; leave it out, it is taken "
-                              "from the data")
-        for section in SECTIONS:
-            build(section, self.section(section))
 
     def _validate_schedules(self) -> None:
         seen = set()
@@ -224,78 +267,59 @@ class SweepConfig:
             if unknown:
                 raise ConfigError(f"study.schedules[{i}]: unknown key(s) {', '.join(unknown)}; "
                                   f"allowed: {', '.join(SCHEDULE_KEYS)}")
-            variant = self.with_schedule(sched)
-            for section in set(SCHEDULE_KEYS.values()):
-                try:
-                    build(section, variant.section(section))
-                except ConfigError as err:
-                    raise ConfigError(f"study.schedules[{i}]: {err}") from err
+            try:
+                variant = self._apply_schedule(sched)
+            except ConfigError as err:
+                raise ConfigError(f"study.schedules[{i}]: {err}") from err
             name = schedule_name(variant.schedule())
             if name == schedule_name(self.schedule()) or name in seen:
                 raise ConfigError(f"study.schedules[{i}] repeats the schedule {name}")
             seen.add(name)
 
     def schedule(self) -> dict[str, str]:
-        """The sweep's own IoU-branch settings (with the `basis` defaults filled in)."""
-        return {k: getattr(build(sec, self.section(sec)), k) for k, sec in SCHEDULE_KEYS.items()}
+        """The sweep's own IoU-branch settings."""
+        return {"iou_schedule": self.train.iou_schedule, "iou_target": self.loss.iou_target}
 
-    def with_schedule(self, sched: Mapping[str, Any] | None) -> "SweepConfig":
-        """This config with a Table-2 schedule's overrides (itself for None)."""
+    def _apply_schedule(self, sched: Mapping[str, Any]) -> "SweepConfig":
+        train = {k: v for k, v in sched.items() if SCHEDULE_KEYS[k] == "train"}
+        loss = {k: v for k, v in sched.items() if SCHEDULE_KEYS[k] == "loss"}
+        return dataclasses.replace(
+            self, train=build(TrainConfig, {**dataclasses.asdict(self.train), **train}, "train"),
+            loss=build(LossConfig, {**dataclasses.asdict(self.loss), **loss}, "loss"))
+
+    def with_schedule(self, sched: Mapping[str, Any] | str | None) -> "SweepConfig":
+        """This config under a Table-2 schedule, given as its overrides or its name
+        (`schedule_name`, a trial's ``variant``); itself for None."""
         if not sched:
             return self
-        train, loss = dict(self.train), dict(self.loss)
-        for key, value in sched.items():
-            (train if SCHEDULE_KEYS[key] == "train" else loss)[key] = value
-        return dataclasses.replace(self, train=train, loss=loss)
+        if isinstance(sched, str):
+            for cand in self.study.schedules:
+                variant = self._apply_schedule(cand)
+                if schedule_name(variant.schedule()) == sched:
+                    return variant
+            raise ConfigError(f"variant {sched!r} is none of study.schedules")
+        return self._apply_schedule(sched)
 
-    def section(self, name: str) -> dict[str, Any]:
-        """The mapping a `basis` config of ``name`` is built from."""
-        if name == "data":
-            return dict(self.data.synthetic)
-        if name == "model":   # the model predicts the data's classes
-            return {**self.model, "n_classes": self.n_classes()}
-        return dict(getattr(self, name))
-
-    def n_classes(self) -> int:
-        from jobs.data import n_classes
-
-        return n_classes(self.to_dict()["data"])
-
-    def resolved(self) -> "SweepConfig":
-        """The config with a real dataset's split sizes read from disk, re-validated
-        (so N larger than the pool is caught before anything is submitted)."""
-        if self.data.kind == "synthetic":
-            return self
-        from jobs.data import resolve_sizes
-
-        sizes = resolve_sizes(self.to_dict()["data"])
-        cfg = dataclasses.replace(self, data=dataclasses.replace(self.data, **sizes,
-                                                                 sizes_from_disk=True))
-        cfg.validate()
-        return cfg
-
-    def arms(self) -> list[dict[str, Any]]:
+    def arms(self) -> list[Arm]:
         """The arms of the grid, crossed with N and seed: one per (mode, β) — times the
         pool fractions where the arm segments — plus random, plus one random arm per
-        Table-2 schedule. Keys: mode, beta, pool_fraction, schedule (None: the sweep's)."""
+        Table-2 schedule."""
         s = self.study
-        base = [{"mode": m, "beta": float(b)} for m in s.modes for b in s.beta]
+        base = [Arm(m, float(b)) for m in s.modes for b in s.beta]
         if s.random_baseline:
-            base.insert(0, {"mode": "random", "beta": None})
-        arms = []
-        for arm in base:
-            for f in self._fractions(arm):
-                arms.append({**arm, "pool_fraction": f, "schedule": None})
-        arms += [{"mode": "random", "beta": None, "pool_fraction": None,
-                  "schedule": self.with_schedule(sched).schedule()} for sched in s.schedules]
+            base.insert(0, Arm("random", None))
+        arms = [dataclasses.replace(arm, pool_fraction=f)
+                for arm in base for f in self._fractions(arm)]
+        arms += [Arm("random", None, None, schedule_name(self._apply_schedule(sched).schedule()))
+                 for sched in s.schedules]
         return arms
 
-    def _fractions(self, arm: Mapping[str, Any]) -> list[float | None]:
+    def _fractions(self, arm: Arm) -> list[float | None]:
         """The pool fractions an arm segments with ([None]: it does not segment)."""
         s = self.study
-        segments = (s.segment and (not s.segment_modes or arm["mode"] in s.segment_modes)
-                    and (not s.segment_betas or arm["beta"] is None
-                         or float(arm["beta"]) in [float(b) for b in s.segment_betas]))
+        segments = (s.segment and (not s.segment_modes or arm.mode in s.segment_modes)
+                    and (not s.segment_betas or arm.beta is None
+                         or float(arm.beta) in [float(b) for b in s.segment_betas]))
         return [float(f) for f in s.pool_fractions] if segments else [None]
 
     def n_trials(self) -> int:
@@ -303,7 +327,9 @@ class SweepConfig:
 
     def trials(self) -> list["TrialConfig"]:
         """Every grid point, in a stable order."""
-        return [trial_of(arm, n, seed, self.study.n_init)
+        return [TrialConfig(N=int(n), beta=arm.beta, seed=int(seed), mode=arm.mode,
+                            n_init=self.study.n_init, pool_fraction=arm.pool_fraction,
+                            variant=arm.variant)
                 for seed in self.study.seed for n in self.study.N for arm in self.arms()]
 
     def to_dict(self) -> dict[str, Any]:
@@ -316,19 +342,21 @@ class SweepConfig:
         return digest(d)
 
     def flat(self) -> dict[str, Any]:
-        """``section.key`` → value for the method's settings (MLflow params)."""
+        """``section.key`` → value for the method's settings (the sweep's MLflow params)."""
         out: dict[str, Any] = {"data.n_pool": self.data.n_pool, "data.n_test": self.data.n_test,
                                "data.n_additional": self.data.n_additional,
                                "data.data_seed": self.data.data_seed}
+        out.update({f"data.{k}": v for k, v in dataclasses.asdict(self.data.synthetic).items()})
         for section in SECTIONS:
-            for k, v in dataclasses.asdict(build(section, self.section(section))).items():
+            for k, v in dataclasses.asdict(getattr(self, section)).items():
                 out[f"{section}.{k}"] = v
         return out
 
 
 @dataclass(frozen=True)
 class TrialConfig:
-    """One cell of the grid."""
+    """One cell of the grid. `to_flat_dict` is at once its Tune config, its Parquet
+    columns and its MLflow params (`from_flat_dict` reads it back)."""
 
     N: int
     beta: float | None
@@ -349,21 +377,20 @@ class TrialConfig:
     def to_flat_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_flat_dict(cls, flat: Mapping[str, Any]) -> "TrialConfig":
+        def opt(v: Any) -> float | None:
+            return None if v is None or v != v else float(v)
+
+        return cls(N=int(flat["N"]), beta=opt(flat.get("beta")), seed=int(flat["seed"]),
+                   mode=str(flat["mode"]), n_init=int(flat["n_init"]),
+                   pool_fraction=opt(flat.get("pool_fraction")),
+                   variant=flat.get("variant") or None)
+
 
 def schedule_name(sched: Mapping[str, Any]) -> str:
     """``joint+identity``: a Table-2 schedule as a name (trial keys, the variant column)."""
     return f"{sched['iou_schedule']}+{sched['iou_target']}"
-
-
-def trial_of(arm: Mapping[str, Any], N: int, seed: int, n_init: int) -> TrialConfig:
-    """The trial of one grid point (an arm of `SweepConfig.arms` at N and seed)."""
-    beta = None if arm.get("beta") is None else float(arm["beta"])
-    frac = arm.get("pool_fraction")
-    sched = arm.get("schedule")
-    variant = schedule_name(sched) if sched else None
-    return TrialConfig(N=int(N), beta=beta, seed=int(seed), mode=str(arm["mode"]),
-                       n_init=n_init, pool_fraction=None if frac is None else float(frac),
-                       variant=variant)
 
 
 def digest(obj: Any) -> str:
@@ -376,12 +403,9 @@ def _as_list(v: Any) -> list[Any]:
     return list(v) if isinstance(v, (list, tuple)) else [v]
 
 
-def _sub(cls: type, values: Mapping[str, Any], section: str) -> Any:
-    if not isinstance(values, Mapping):
-        raise ConfigError(f"{section}: expected a mapping, got {type(values).__name__}")
-    allowed = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - allowed)
-    if unknown:
-        raise ConfigError(f"{section}: unknown key(s) {', '.join(unknown)}; "
-                          f"allowed: {', '.join(sorted(allowed))}")
-    return cls(**values)
+def _check_paths(data: DataConfig) -> None:
+    for key, path in data.paths().items():
+        if not path:
+            raise ConfigError(f"data.{key} is required for data.kind={data.kind}")
+        if not Path(path).exists():
+            raise ConfigError(f"data.{key}={path} does not exist")

@@ -1,7 +1,10 @@
-"""Content-addressed stages: each lives in ``SWEEP/stages/<kind>-<hash>/`` and is done
-when its ``DONE`` marker exists. A stage several trials need is computed once: the
-first trial takes its lock and submits it, the others wait on the lock and then find
-``DONE``. A re-run sweep skips every stage that is done.
+"""Content-addressed stages: each lives in ``SWEEP/stages/<kind>-<address>/`` (its typed
+spec's `jobs.specs.StageSpec.folder`) and is done when its ``DONE`` marker exists. A
+stage several trials need is computed once: the first trial takes its lock and submits
+it, the others wait on the lock and then find ``DONE``. A re-run sweep skips every
+stage that is done, and reattaches to a Slurm job that is still queued or running.
+
+Every submission of a stage is one JSON line of ``submissions.jsonl`` (`Submission`).
 """
 from __future__ import annotations
 
@@ -11,16 +14,26 @@ import json
 import logging
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
-from jobs.config import digest
+import submitit
+
+from jobs.specs import StageFolder, StageSpec
 
 log = logging.getLogger(__name__)
-DONE = "DONE"
-METRICS = "metrics.jsonl"
-RESULT = "result.json"
+
+#: Builds the submitit job object of a stage from its spec and folder.
+JobFactory = Callable[[StageSpec, StageFolder], Callable[[], Any]]
+#: Builds a submitit executor writing its logs in the given folder.
+ExecutorFactory = Callable[[Path], submitit.Executor]
+#: Receives every per-epoch record a running job appends to its metrics file.
+MetricsSink = Callable[[dict[str, Any]], None]
+
+#: Slurm states of a job that will still produce an outcome.
+LIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING",
+               "SUSPENDED", "REQUEUE_HOLD", "REQUEUE_FED"}
 
 
 class StageFailed(RuntimeError):
@@ -36,15 +49,65 @@ class StageFailed(RuntimeError):
 
 @dataclass
 class StageResult:
-    name: str
-    dir: Path
+    spec: StageSpec
+    folder: StageFolder
     result: dict[str, Any]
     job_ids: list[str] = field(default_factory=list)
     computed: bool = False      # False when it was found done (reused)
 
+    @property
+    def name(self) -> str:
+        return self.folder.name
 
-def stage_dir(sweep_dir: Path, kind: str, cfg: dict[str, Any]) -> Path:
-    return Path(sweep_dir) / "stages" / f"{kind}-{digest(cfg)}"
+    @property
+    def dir(self) -> Path:
+        return self.folder.path
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One job submitted for a stage: a line of its ``submissions.jsonl``."""
+
+    job_id: str
+    folder: str                 # the submitit folder of the job's logs
+    tasks: int
+    executor: str               # "slurm" | "local" | "debug"
+    submitted: str              # ISO time
+    array: str | None = None    # the job array's folder, when submitted as one
+
+    @classmethod
+    def of(cls, handle: submitit.Job, folder: Path, array: bool = False) -> "Submission":
+        executor = ("slurm" if isinstance(handle, submitit.SlurmJob) else
+                    "debug" if isinstance(handle, submitit.DebugJob) else "local")
+        return cls(str(handle.job_id), str(folder), int(handle.num_tasks), executor,
+                   time.strftime("%Y-%m-%dT%H:%M:%S"), str(folder) if array else None)
+
+    def handle(self) -> submitit.SlurmJob | None:
+        """The Slurm job, to poll again after the driver came back (None if local:
+        a local job died with its driver)."""
+        if self.executor != "slurm":
+            return None
+        return submitit.SlurmJob(folder=self.folder, job_id=self.job_id,
+                                 tasks=tuple(range(self.tasks)))
+
+
+def submissions(folder: StageFolder) -> list[Submission]:
+    """The stage's submissions, oldest first."""
+    path = folder.submissions
+    if not path.exists():
+        return []
+    return [Submission(**json.loads(line)) for line in path.read_text().splitlines()
+            if line.strip()]
+
+
+def job_ids(folder: StageFolder) -> list[str]:
+    """The job ids a stage was submitted as, oldest first."""
+    return [s.job_id for s in submissions(folder)]
+
+
+def _record(folder: StageFolder, sub: Submission) -> None:
+    with open(folder.submissions, "a") as fh:
+        fh.write(json.dumps(asdict(sub)) + "\n")
 
 
 def read_metrics(path: Path, offset: int) -> tuple[list[dict[str, Any]], int]:
@@ -59,33 +122,19 @@ def read_metrics(path: Path, offset: int) -> tuple[list[dict[str, Any]], int]:
     return [json.loads(line) for line in lines if line.strip()], offset + end
 
 
-def job_ids(d: Path) -> list[str]:
-    """The job ids a stage was submitted as, oldest first."""
-    return [line.split()[0] for line in _job_lines(d)]
+def epoch_values(rec: dict[str, Any]) -> dict[str, float]:
+    """The numbers of a metrics record (not its stage, epoch or time stamp)."""
+    return {k: float(v) for k, v in rec.items() if k not in ("stage", "epoch", "time")
+            and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def _job_lines(d: Path) -> list[str]:
-    f = d / "job_ids"
-    return [line for line in f.read_text().splitlines() if line.strip()] if f.exists() else []
-
-
-#: Slurm states of a job that will still produce an outcome.
-LIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING",
-               "SUSPENDED", "REQUEUE_HOLD", "REQUEUE_FED"}
-
-
-def _reattach(d: Path) -> Any:
+def _reattach(folder: StageFolder) -> submitit.SlurmJob | None:
     """The stage's last Slurm job if it is still queued or running (a driver that died
     and came back must not submit the same work twice), else None."""
-    lines = _job_lines(d)
-    if not lines:
+    subs = submissions(folder)
+    job = subs[-1].handle() if subs else None
+    if job is None:
         return None
-    parts = lines[-1].split()
-    if len(parts) < 4 or parts[3] != "slurm":
-        return None
-    import submitit
-
-    job = submitit.SlurmJob(folder=parts[1], job_id=parts[0], tasks=tuple(range(int(parts[2]))))
     try:
         state = job.state
     except Exception:  # sacct unreachable: resubmitting is the safe choice
@@ -103,9 +152,9 @@ def _summary(err: BaseException) -> str:
     return hits[-1] if hits else (lines[0] if lines else type(err).__name__)
 
 
-def _final_state(handle: Any) -> str:
+def _final_state(handle: submitit.Job) -> str:
     """The scheduler's word on a finished job (TIMEOUT, CANCELLED, FAILED …), if any."""
-    if type(handle).__name__ != "SlurmJob":
+    if not isinstance(handle, submitit.SlurmJob):
         return ""
     state = ""
     for _ in range(10):    # the accounting record may trail the job's end by a moment
@@ -130,19 +179,14 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def epoch_values(rec: dict[str, Any]) -> dict[str, float]:
-    """The numbers of a metrics record (not its stage, epoch or time stamp)."""
-    return {k: float(v) for k, v in rec.items() if k not in ("stage", "epoch", "time")
-            and isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-
-def _prepare(d: Path, cfg: dict[str, Any], fresh: bool = True) -> None:
+def _prepare(spec: StageSpec, folder: StageFolder, fresh: bool = True) -> None:
     """Ready a stage folder for a submission. ``fresh`` starts the metrics stream over
     (a first attempt); a retry keeps the epochs already streamed, as it resumes from
     the stage's checkpoint."""
+    folder.path.mkdir(parents=True, exist_ok=True)
     if fresh:
-        (d / METRICS).unlink(missing_ok=True)
-    (d / "config.json").write_text(json.dumps(cfg, indent=1, sort_keys=True, default=str))
+        folder.metrics.unlink(missing_ok=True)
+    folder.config.write_text(json.dumps(spec.to_dict(), indent=1, sort_keys=True))
 
 
 def _new_folder(parent: Path) -> Path:
@@ -154,54 +198,54 @@ def _new_folder(parent: Path) -> Path:
     return folder
 
 
-def _submit(sweep_dir: Path, d: Path, cfg: dict[str, Any], job: Callable[[Path], Any],
-            executor: Callable[[Path], Any], fresh: bool = True) -> Any:
-    """Submit the stage's job; record its id → the submitit job handle."""
-    _prepare(d, cfg, fresh)
-    folder = _new_folder(Path(sweep_dir) / "submitit" / d.name)
-    handle = executor(folder).submit(job(d))
-    _record(d, handle, folder)
-    log.info("stage %s submitted as job %s (logs: %s)", d.name, handle.job_id, folder)
+def _submitit_dir(folder: StageFolder) -> Path:
+    """``SWEEP/submitit``: beside ``SWEEP/stages``."""
+    return folder.path.parent.parent / "submitit"
+
+
+def _submit(spec: StageSpec, folder: StageFolder, job: JobFactory,
+            executor: ExecutorFactory, fresh: bool = True) -> submitit.Job:
+    """Submit the stage's job; record the submission → the submitit job handle."""
+    _prepare(spec, folder, fresh)
+    logs = _new_folder(_submitit_dir(folder) / folder.name)
+    handle = executor(logs).submit(job(spec, folder))
+    _record(folder, Submission.of(handle, logs))
+    log.info("stage %s submitted as job %s (logs: %s)", folder.name, handle.job_id, logs)
     return handle
 
 
-def _record(d: Path, handle: Any, folder: Path) -> None:
-    kind = "slurm" if type(handle).__name__ == "SlurmJob" else "local"
-    with open(d / "job_ids", "a") as fh:
-        fh.write(f"{handle.job_id} {folder} {len(handle._tasks)} {kind}\n")
-
-
-def submit_array(sweep_dir: Path, kind: str, cfgs: list[dict[str, Any]],
-                 job: Callable[[dict[str, Any], Path], Any],
-                 executor: Callable[[Path], Any]) -> list[str]:
-    """Submit the stages of ``cfgs`` that are neither done nor queued as one Slurm job
+def submit_array(sweep_dir: Path, specs: Sequence[StageSpec], job: JobFactory,
+                 executor: ExecutorFactory) -> list[str]:
+    """Submit the stages of ``specs`` that are neither done nor queued as one Slurm job
     array (submitit's ``batch``) → the array's job ids. Trials then find each stage
     queued and wait for it (`ensure` reattaches) instead of submitting it again."""
-    todo: dict[Path, dict[str, Any]] = {}
-    for cfg in cfgs:
-        d = stage_dir(sweep_dir, kind, cfg)
-        if d in todo or (d / DONE).exists():
+    todo: dict[Path, tuple[StageSpec, StageFolder]] = {}
+    for spec in specs:
+        folder = spec.folder(sweep_dir)
+        if folder.path in todo or folder.is_done():
             continue
-        d.mkdir(parents=True, exist_ok=True)
-        if _reattach(d) is None:
-            todo[d] = cfg
+        folder.path.mkdir(parents=True, exist_ok=True)
+        if _reattach(folder) is None:
+            todo[folder.path] = (spec, folder)
     if len(todo) < 2:       # one stage is no array: its trial submits it
         return []
-    folder = _new_folder(Path(sweep_dir) / "submitit" / f"array-{kind}")
-    ex = executor(folder)
-    for d, cfg in todo.items():
-        _prepare(d, cfg)
+    kinds = sorted({spec.kind for spec, _ in todo.values()})
+    logs = _new_folder(Path(sweep_dir) / "submitit" / f"array-{'+'.join(kinds)}")
+    ex = executor(logs)
+    for spec, folder in todo.values():
+        _prepare(spec, folder)
     with ex.batch():
-        handles = [ex.submit(job(cfg, d)) for d, cfg in todo.items()]
-    for d, handle in zip(todo, handles):
-        _record(d, handle, folder)
+        handles = [ex.submit(job(spec, folder)) for spec, folder in todo.values()]
+    for (_, folder), handle in zip(todo.values(), handles):
+        _record(folder, Submission.of(handle, logs, array=True))
     ids = [h.job_id for h in handles]
-    log.info("%d %s stages submitted as one job array: %s", len(ids), kind, ", ".join(ids))
+    log.info("%d %s stages submitted as one job array: %s", len(ids), "+".join(kinds),
+             ", ".join(ids))
     return ids
 
 
-def _wait(handle: Any, metrics: Path, offset: int,
-          on_metrics: Callable[[dict[str, Any]], None] | None, poll_s: float) -> int:
+def _stream(handle: submitit.Job, metrics: Path, offset: int,
+            on_metrics: MetricsSink | None, poll_s: float) -> int:
     """Poll ``handle`` until it is done, passing each new metrics record on → the
     offset in the metrics file reached."""
     while True:
@@ -215,14 +259,60 @@ def _wait(handle: Any, metrics: Path, offset: int,
         time.sleep(poll_s)
 
 
-def ensure(sweep_dir: Path, kind: str, cfg: dict[str, Any], job: Callable[[Path], Any],
-           executor: Callable[[Path], Any],
-           on_metrics: Callable[[dict[str, Any]], None] | None = None,
-           poll_s: float = 1.0, retries: int = 0) -> StageResult:
-    """Make sure the stage of ``cfg`` is done; submit ``job(stage_dir)`` if it is not.
+def _attach_or_submit(spec: StageSpec, folder: StageFolder, job: JobFactory,
+                      executor: ExecutorFactory) -> submitit.Job:
+    """The stage's live Slurm job if a driver before this one submitted it, else a new
+    submission."""
+    handle = _reattach(folder)
+    if handle is None:
+        return _submit(spec, folder, job, executor)
+    log.info("stage %s: job %s is still %s; waiting for it", folder.name, handle.job_id,
+             handle.state)
+    return handle
+
+
+def _await_done(spec: StageSpec, folder: StageFolder, handle: submitit.Job, job: JobFactory,
+                executor: ExecutorFactory, on_metrics: MetricsSink | None, poll_s: float,
+                retries: int) -> None:
+    """Wait for the stage's job, streaming its metrics; submit it again after a failure,
+    up to ``retries`` times (it resumes from the stage's checkpoint).
+
+    Raises:
+        StageFailed: the last attempt failed, or the job ended without ``DONE``.
+    """
+    offset = 0
+    for attempt in range(retries + 1):
+        if attempt:
+            handle = _submit(spec, folder, job, executor, fresh=False)
+        offset = _stream(handle, folder.metrics, offset, on_metrics, poll_s)
+        try:
+            handle.results()   # every task's; `result()` refuses multi-task jobs
+        except Exception as err:  # submitit: FailedJobError / UncompletedJobError
+            short = _summary(err)
+            state = _final_state(handle)
+            if state:
+                short = f"job {handle.job_id} ended {state}: {short}"
+            if attempt < retries:
+                log.warning("stage %s: %s; retry %d of %d", folder.name, short[:300],
+                            attempt + 1, retries)
+                continue
+            if attempt:
+                short = f"{short} (after {attempt + 1} attempts)"
+            raise StageFailed(folder.name, short[:500], str(handle.paths.stderr),
+                              job_ids(folder)) from err
+        if not folder.is_done():
+            raise StageFailed(folder.name, "job ended without writing DONE",
+                              str(handle.paths.stderr), job_ids(folder))
+        return
+
+
+def ensure(sweep_dir: Path, spec: StageSpec, job: JobFactory, executor: ExecutorFactory,
+           on_metrics: MetricsSink | None = None, poll_s: float = 1.0,
+           retries: int = 0) -> StageResult:
+    """Make sure the stage of ``spec`` is done; submit ``job(spec, folder)`` if it is not.
 
     Args:
-        job: builds the submitit job object for the stage folder.
+        job: builds the submitit job object for the stage.
         executor: builds a submitit executor writing its logs in the given folder.
         on_metrics: called with every per-epoch record the job appends while it runs.
         retries: a failed job is submitted again this often (it resumes from the
@@ -230,42 +320,13 @@ def ensure(sweep_dir: Path, kind: str, cfg: dict[str, Any], job: Callable[[Path]
     Raises:
         StageFailed: the job failed (every attempt); the message and log path say why.
     """
-    d = stage_dir(sweep_dir, kind, cfg)
-    if (d / DONE).exists():
-        return StageResult(d.name, d, json.loads((d / RESULT).read_text()), job_ids(d))
-    with _locked(d.parent / f"{d.name}.lock"):
-        if (d / DONE).exists():     # another trial computed it while we waited
-            return StageResult(d.name, d, json.loads((d / RESULT).read_text()), job_ids(d))
-        d.mkdir(parents=True, exist_ok=True)
-        handle = _reattach(d)
-        if handle is not None:
-            log.info("stage %s: job %s is still %s; waiting for it", d.name, handle.job_id,
-                     handle.state)
-        else:
-            handle = _submit(sweep_dir, d, cfg, job, executor)
-        offset, attempt = 0, 0
-        while True:
-            offset = _wait(handle, d / METRICS, offset, on_metrics, poll_s)
-            try:
-                handle.results()   # every task's; `result()` refuses multi-task jobs
-                break
-            except Exception as err:  # submitit: FailedJobError / UncompletedJobError
-                short = _summary(err)
-                state = _final_state(handle)
-                if state:
-                    short = f"job {handle.job_id} ended {state}: {short}"
-                if attempt < retries:
-                    attempt += 1
-                    log.warning("stage %s: %s; retry %d of %d", d.name, short[:300], attempt,
-                                retries)
-                    handle = _submit(sweep_dir, d, cfg, job, executor, fresh=False)
-                    continue
-                if attempt:
-                    short = f"{short} (after {attempt + 1} attempts)"
-                raise StageFailed(d.name, short[:500], str(handle.paths.stderr),
-                                  job_ids(d)) from err
-        ids = job_ids(d)
-        if not (d / DONE).exists():
-            raise StageFailed(d.name, "job ended without writing DONE",
-                              str(handle.paths.stderr), ids)
-        return StageResult(d.name, d, json.loads((d / RESULT).read_text()), ids, computed=True)
+    folder = spec.folder(sweep_dir)
+    if folder.is_done():
+        return StageResult(spec, folder, folder.read_result(), job_ids(folder))
+    with _locked(folder.lock):
+        if folder.is_done():     # another trial computed it while we waited
+            return StageResult(spec, folder, folder.read_result(), job_ids(folder))
+        folder.path.mkdir(parents=True, exist_ok=True)
+        handle = _attach_or_submit(spec, folder, job, executor)
+        _await_done(spec, folder, handle, job, executor, on_metrics, poll_s, retries)
+        return StageResult(spec, folder, folder.read_result(), job_ids(folder), computed=True)

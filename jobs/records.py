@@ -2,11 +2,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow.parquet as pq
 
-from analysis.schema import PARTITIONS, to_table
+from analysis.schema import PARTITIONS, SweepLayout, to_table
 from hpc.atomic import atomic_path
+from jobs.config import TrialConfig
+from jobs.events import TrialObserver, TrialOutcome
+
+if TYPE_CHECKING:
+    from jobs.dag import StageResult
 
 
 def write(sweep_dir: str | Path, table: str, key: str, rows: list[dict]) -> Path:
@@ -15,7 +21,7 @@ def write(sweep_dir: str | Path, table: str, key: str, rows: list[dict]) -> Path
     The partition column (if the table has one) must hold one value across ``rows``;
     it goes into the folder name, not the file.
     """
-    root = Path(sweep_dir) / "results" / table
+    root = SweepLayout(Path(sweep_dir)).table(table)
     part = PARTITIONS[table]
     if part is not None:
         values = {r.get(part) for r in rows}
@@ -33,6 +39,37 @@ def write(sweep_dir: str | Path, table: str, key: str, rows: list[dict]) -> Path
 
 def exists(sweep_dir: str | Path, table: str, key: str) -> Path | None:
     """The file of ``key`` in ``table`` if one was written."""
-    root = Path(sweep_dir) / "results" / table
+    root = SweepLayout(Path(sweep_dir)).table(table)
     hits = [p for p in root.rglob(f"{key}.parquet")] if root.is_dir() else []
     return hits[0] if hits else None
+
+
+class ParquetObserver(TrialObserver):
+    """A trial's Parquet records: its selection when it is made, and at its end its
+    epochs (every stage it ran) and its row in ``trials``."""
+
+    def __init__(self, sweep_dir: str | Path) -> None:
+        self.sweep_dir = Path(sweep_dir)
+        self.stages: list[StageResult] = []
+
+    def selected(self, trial: TrialConfig, selected: list[int]) -> None:
+        write(self.sweep_dir, "selections", trial.key, [
+            {"trial": trial.key, "image_id": i, "rank": r, "mode": trial.mode}
+            for r, i in enumerate(selected)])
+
+    def stage_finished(self, result: StageResult) -> None:
+        self.stages.append(result)
+
+    def trial_finished(self, outcome: TrialOutcome) -> None:
+        from jobs.dag import epoch_values, read_metrics
+
+        trial, rows = outcome.trial, []
+        for st in self.stages:
+            recs, _ = read_metrics(st.folder.metrics, 0)
+            for rec in recs:
+                rows += [{"trial": trial.key, "stage": rec.get("stage", st.name),
+                          "epoch": int(rec.get("epoch", 0)), "metric": k, "value": v,
+                          "mode": trial.mode} for k, v in epoch_values(rec).items()]
+        if rows:
+            write(self.sweep_dir, "epochs", trial.key, rows)
+        write(self.sweep_dir, "trials", trial.key, [outcome.row])

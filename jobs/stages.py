@@ -1,24 +1,37 @@
-"""The stages of a trial as submitit jobs: small classes with ``__call__`` and
-``checkpoint()``. Every task of a job runs ``__call__``; DDP joins them; rank 0 writes.
+"""The stages of a trial as submitit jobs: small classes built from their typed spec
+(`jobs.specs`) and folder, with ``__call__`` and ``checkpoint()``. Every task of a job
+runs ``__call__``; DDP joins them; rank 0 writes.
 
-A stage writes into its content-addressed folder: ``metrics.jsonl`` (one line per
-epoch, streamed to Tune and MLflow by the trial), ``ckpt.pt`` (every epoch, atomic;
-a requeued job resumes from it), its outputs, ``result.json``, and ``DONE`` last.
+A stage writes into its content-addressed folder (`jobs.specs.StageFolder`):
+``metrics.jsonl`` (one line per epoch, streamed to Tune and MLflow by the trial),
+``ckpt.pt`` (every epoch, atomic; a requeued job resumes from it), its outputs,
+``result.json``, and ``DONE`` last.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import submitit
 
+from basis.models.rsis import ModelConfig
 from hpc import atomic, distributed
-from jobs.config import build
 from jobs.data import splits as data_splits
+from jobs.specs import (
+    AnnotateSpec,
+    InitSpec,
+    PseudoSpec,
+    Recipe,
+    ScoreSpec,
+    SegmentSpec,
+    StageFolder,
+    StageSpec,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +66,41 @@ class Checkpointer:
     def after_train(self, state: Any) -> None: ...
 
 
-class StageJob:
+S = TypeVar("S", bound=StageSpec)
+
+
+class StageJob(Generic[S]):
     """Common frame of a stage: join the process group, run, write ``DONE``."""
 
-    kind = "stage"
-
-    def __init__(self, spec: dict[str, Any], stage_dir: str | Path) -> None:
+    def __init__(self, spec: S, folder: StageFolder | str | Path,
+                 inputs: dict[str, StageFolder] | None = None) -> None:
+        """
+        Args:
+            spec: what to compute.
+            folder: where (the spec's content-addressed folder).
+            inputs: the folders of the stages it reads, by the spec's field name —
+                resolved by the driver, never by the job, whose copy of the code may
+                give another address.
+        """
         self.spec = spec
-        self.stage_dir = Path(stage_dir)
+        self.folder = folder if isinstance(folder, StageFolder) else StageFolder(Path(folder))
+        self.inputs = dict(inputs or {})
+
+    def input(self, name: str) -> StageFolder:
+        """The folder of the input stage in the spec's field ``name``."""
+        try:
+            return self.inputs[name]
+        except KeyError:
+            raise ValueError(f"stage {self.folder.name}: its input {name!r} was not "
+                             "given (build the job with `jobs.stages.job_for`)") from None
+
+    @property
+    def kind(self) -> str:
+        return self.spec.kind
+
+    @property
+    def stage_dir(self) -> Path:
+        return self.folder.path
 
     def __call__(self) -> dict[str, Any]:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -73,8 +113,8 @@ class StageJob:
         try:
             result = _unmask_exit(self.run, env)
             if env.is_rank0:
-                atomic.write_text(self.stage_dir / "result.json", json.dumps(result, indent=1))
-                atomic.write_text(self.stage_dir / "DONE", time.strftime("%Y-%m-%dT%H:%M:%S\n"))
+                atomic.write_text(self.folder.result, json.dumps(result, indent=1))
+                atomic.write_text(self.folder.done, time.strftime("%Y-%m-%dT%H:%M:%S\n"))
             distributed.barrier()
             return result
         finally:
@@ -82,48 +122,49 @@ class StageJob:
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         """On preemption or timeout: resubmit the same stage; it resumes from ``ckpt.pt``."""
-        return submitit.helpers.DelayedSubmission(type(self)(self.spec, self.stage_dir))
+        return submitit.helpers.DelayedSubmission(type(self)(self.spec, self.folder,
+                                                             self.inputs))
 
     def run(self, env: distributed.DistEnv) -> dict[str, Any]:
         raise NotImplementedError
 
     # -- shared pieces -------------------------------------------------------------
-    def datasets(self) -> tuple[Any, Any]:
-        """(pool, test) of the stage's data spec."""
-        got = data_splits(self.spec["data"])
+    def datasets(self, recipe: Recipe) -> tuple[Any, Any]:
+        """(pool, test) of the recipe's data."""
+        got = data_splits(recipe.data)
         return got["pool"], got["test"]
 
-    def additional(self) -> Any:
-        extra = data_splits(self.spec["data"])["additional"]
+    def additional(self, recipe: Recipe) -> Any:
+        extra = data_splits(recipe.data)["additional"]
         if extra is None:
             raise ValueError("this sweep's data has no additional pool (data.n_additional)")
         return extra
 
-    def train(self, env: distributed.DistEnv, ids: list[int], pool: Any,
-              model_cfg: dict[str, Any] | None = None) -> Any:
-        """Train a fresh network (IoU-W-RSIS unless ``model_cfg`` says otherwise) on the
-        images ``ids`` of ``pool`` (resuming if a checkpoint of this stage exists)
-        → the trained model, unwrapped."""
+    def train(self, env: distributed.DistEnv, recipe: Recipe, ids: list[int], pool: Any,
+              model_cfg: ModelConfig | None = None) -> Any:
+        """Train a fresh network (the recipe's, IoU-W-RSIS, unless ``model_cfg`` says
+        otherwise) on the images ``ids`` of ``pool`` (resuming if a checkpoint of this
+        stage exists) → the trained model, unwrapped."""
         import torch
 
         from basis.models.rsis import RSIS
         from basis.train import train
 
-        torch.manual_seed(int(self.spec["seed"]))
-        model = RSIS(build("model", model_cfg or self.spec["model"]))
-        ckpt = self.stage_dir / "ckpt.pt"
+        torch.manual_seed(recipe.seed)
+        model = RSIS(model_cfg or recipe.model)
+        ckpt = self.folder.ckpt
         state = torch.load(ckpt, weights_only=False) if ckpt.exists() else None
         if state is not None:
-            log.info("resuming %s from %s", self.stage_dir.name, ckpt)
-        hooks = [MetricsFile(self.stage_dir / "metrics.jsonl", self.kind),
+            log.info("resuming %s from %s", self.folder.name, ckpt)
+        hooks = [MetricsFile(self.folder.metrics, self.kind),
                  Checkpointer(ckpt)] if env.is_rank0 else []
-        tcfg = build("train", {**self.spec["train"], "seed": int(self.spec["seed"])})
-        result = train(model, pool.subset(sorted(ids)), tcfg, build("loss", self.spec["loss"]),
+        tcfg = dataclasses.replace(recipe.train, seed=recipe.seed)
+        result = train(model, pool.subset(sorted(ids)), tcfg, recipe.loss,
                        hooks=hooks, state=state, progress=False)
         return result.model
 
-    def evaluate(self, model: Any, test: Any, keep: list[Any] | None = None
-                 ) -> dict[str, float]:
+    def evaluate(self, recipe: Recipe, model: Any, test: Any, keep: list[Any] | None = None
+                 ) -> dict[str, float | None]:
         """AP@0.5 on the test split and the MAE of the image IoU score there.
 
         Args:
@@ -136,7 +177,7 @@ class StageJob:
         from basis.metrics.ap import evaluate_ap
         from basis.metrics.iou import image_score_mae
 
-        preds = predict(model, test, loss_cfg=build("loss", self.spec["loss"]))
+        preds = predict(model, test, loss_cfg=recipe.loss)
         if keep is not None:
             keep.extend(preds)
         # void pixels leave a detection's union, as in RSIS's patched evaluation
@@ -147,13 +188,14 @@ class StageJob:
                               [p.image_iou_true or 0.0 for p in preds])
         return {"ap50": float(ap["ap50"]), "mae": float(mae)}
 
-    def load_model(self, stage_dir: str | Path, model_cfg: dict[str, Any]) -> Any:
+    def load_model(self, folder: StageFolder, model_cfg: ModelConfig) -> Any:
+        """The final weights of another stage's network (an input of this one)."""
         import torch
 
         from basis.models.rsis import RSIS
 
-        model = RSIS(build("model", model_cfg))
-        model.load_state_dict(torch.load(Path(stage_dir) / "model.pt", weights_only=True))
+        model = RSIS(model_cfg)
+        model.load_state_dict(torch.load(folder.model, weights_only=True))
         return model.eval()
 
 
@@ -172,70 +214,67 @@ def _unmask_exit(fn: Any, *args: Any) -> Any:
         raise
 
 
-class InitStage(StageJob):
+class InitStage(StageJob[InitSpec]):
     """Per seed: train the initial network on ``n_init`` random pool images."""
-
-    kind = "init"
 
     def run(self, env: distributed.DistEnv) -> dict[str, Any]:
         import numpy as np
 
-        pool, test = self.datasets()
-        rng = np.random.default_rng(int(self.spec["seed"]))
-        drawn = rng.choice(pool.ids, self.spec["n_init"], replace=False)
+        recipe = self.spec.recipe
+        pool, test = self.datasets(recipe)
+        rng = np.random.default_rng(recipe.seed)
+        drawn = rng.choice(pool.ids, self.spec.n_init, replace=False)
         init_ids = sorted(int(i) for i in drawn)
-        model = self.train(env, init_ids, pool)
+        model = self.train(env, recipe, init_ids, pool)
         if not env.is_rank0:
             return {}
-        atomic.torch_save(model.state_dict(), self.stage_dir / "model.pt")
-        return {"init_ids": init_ids, **self.evaluate(model, test)}
+        atomic.torch_save(model.state_dict(), self.folder.model)
+        return {"init_ids": init_ids, **self.evaluate(recipe, model, test)}
 
 
-class ScoreStage(StageJob):
+class ScoreStage(StageJob[ScoreSpec]):
     """Per seed: the initial network pseudo-annotates the pool and scores every image
     (Eq. 2), next to its oracle score, object count and object size (Fig. 5)."""
-
-    kind = "score"
 
     def run(self, env: distributed.DistEnv) -> dict[str, Any]:
         from basis.infer import predict
 
         if not env.is_rank0:
             return {}
-        pool, _ = self.datasets()
-        init_dir = Path(self.spec["init_dir"])
-        in_init = set(json.loads((init_dir / "result.json").read_text())["init_ids"])
-        model = self.load_model(init_dir, self.spec["model"])
-        preds = predict(model, pool, loss_cfg=build("loss", self.spec["loss"]))
+        recipe = self.spec.init.recipe
+        pool, _ = self.datasets(recipe)
+        init = self.input("init")
+        in_init = set(init.read_result()["init_ids"])
+        model = self.load_model(init, recipe.model)
+        preds = predict(model, pool, loss_cfg=recipe.loss)
         rows = []
         for i, p in enumerate(preds):
             stats = pool.stats(i) if hasattr(pool, "stats") else pool[i]
-            rows.append({"image_id": p.image_id, "seed": int(self.spec["seed"]),
+            rows.append({"image_id": p.image_id, "seed": recipe.seed,
                          "score_pred": p.image_score, "iou_true": p.image_iou_true,
                          "n_objects": stats.n_objects,
                          "mean_object_area": stats.mean_object_area,
                          "in_init": p.image_id in in_init})
-        _write_parquet(self.stage_dir / "image_scores.parquet", "image_scores", rows)
+        _write_parquet(self.folder.image_scores, "image_scores", rows)
         return {"n_images": len(rows)}
 
 
-class AnnotateStage(StageJob):
+class AnnotateStage(StageJob[AnnotateSpec]):
     """Train a fresh annotation network on ``train_ids`` (initial ∪ selected), evaluate.
 
     Addressed by the ids, not by (N, β, mode): trials whose selections coincide share it.
     """
 
-    kind = "annotate"
-
     def run(self, env: distributed.DistEnv) -> dict[str, Any]:
-        pool, test = self.datasets()
-        ids = [int(i) for i in self.spec["train_ids"]]
-        model = self.train(env, ids, pool)
+        recipe = self.spec.recipe
+        pool, test = self.datasets(recipe)
+        ids = [int(i) for i in self.spec.train_ids]
+        model = self.train(env, recipe, ids, pool)
         if not env.is_rank0:
             return {}
-        atomic.torch_save(model.state_dict(), self.stage_dir / "model.pt")
+        atomic.torch_save(model.state_dict(), self.folder.model)
         preds: list[Any] = []
-        metrics = self.evaluate(model, test, keep=preds)
+        metrics = self.evaluate(recipe, model, test, keep=preds)
         self.save_qualitative(test, preds)
         return {"n_train": len(ids), **metrics}
 
@@ -245,55 +284,57 @@ class AnnotateStage(StageJob):
         try:
             from basis.viz import qualitative, save_qualitative
 
-            save_qualitative(self.stage_dir / "qualitative.png", qualitative(test, preds))
+            save_qualitative(self.folder.qualitative, qualitative(test, preds))
         except Exception as err:  # any drawing error must not fail the stage
             log.warning("qualitative picture of %s not written: %r", self.stage_dir.name, err)
 
 
-class PseudoStage(StageJob):
+class PseudoStage(StageJob[PseudoSpec]):
     """The annotation network labels the additional pool from its IL+C labels."""
 
-    kind = "pseudo"
-
     def run(self, env: distributed.DistEnv) -> dict[str, Any]:
-        import dataclasses
-
         from basis.infer import predict
 
         if not env.is_rank0:
             return {}
-        extra = self.additional()
-        model = self.load_model(self.spec["annotate_dir"], self.spec["model"])
-        preds = predict(model, extra, loss_cfg=build("loss", self.spec["loss"]))
-        atomic.write_text(self.stage_dir / "pseudo.json",
+        recipe = self.spec.annotate.recipe
+        extra = self.additional(recipe)
+        model = self.load_model(self.input("annotate"), recipe.model)
+        preds = predict(model, extra, loss_cfg=recipe.loss)
+        atomic.write_text(self.folder.pseudo,
                           json.dumps([dataclasses.asdict(p) for p in preds]))
         true = [p.image_iou_true for p in preds if p.image_iou_true is not None]
         return {"n_images": len(preds),
                 "pseudo_iou": float(sum(true) / len(true)) if true else None}
 
 
-class SegmentStage(StageJob):
+class SegmentStage(StageJob[SegmentSpec]):
     """Train the segmentation network (plain RSIS) on strong ∪ pseudo-labelled images."""
-
-    kind = "segment"
 
     def run(self, env: distributed.DistEnv) -> dict[str, Any]:
         from basis.data.pseudo import Concat, PseudoLabelled
         from basis.types import ImagePrediction
 
-        pool, test = self.datasets()
-        extra = self.additional()
-        raw = json.loads((Path(self.spec["pseudo_dir"]) / "pseudo.json").read_text())
-        preds = [ImagePrediction(**p) for p in raw][: int(self.spec["n_pseudo"])]
+        recipe = self.spec.annotate.recipe
+        pool, test = self.datasets(recipe)
+        extra = self.additional(recipe)
+        raw = json.loads(self.input("pseudo").pseudo.read_text())
+        preds = [ImagePrediction(**p) for p in raw][: self.spec.n_pseudo]
         pseudo = PseudoLabelled(extra.subset([p.image_id for p in preds]), preds)
-        strong = pool.subset(sorted(int(i) for i in self.spec["train_ids"]))
+        # no object is dropped silently: what the empty-mask policy did is logged and kept
+        log.info("%s: %s", self.folder.name, pseudo.summary())
+        if env.is_rank0:
+            atomic.write_text(self.folder.path / "pseudo_reasons.json",
+                              json.dumps({str(k): v for k, v in pseudo.reasons.items()}))
+        strong = pool.subset(sorted(int(i) for i in self.spec.annotate.train_ids))
         data = Concat([strong, pseudo])
-        model_cfg = {**self.spec["model"], "weak": False, "iou_head": False}
-        model = self.train(env, list(range(len(data))), _Indexed(data), model_cfg)
+        model_cfg = dataclasses.replace(recipe.model, weak=False, iou_head=False)
+        model = self.train(env, recipe, list(range(len(data))), _Indexed(data), model_cfg)
         if not env.is_rank0:
             return {}
-        return {"n_strong": len(strong), "n_pseudo": len(pseudo),
-                **self.evaluate(model, test)}
+        counts = {f"pseudo_{k}": int(v) for k, v in pseudo.counts.items()}
+        return {"n_strong": len(strong), "n_pseudo": len(pseudo), **counts,
+                **self.evaluate(recipe, model, test)}
 
 
 class _Indexed:
@@ -304,6 +345,21 @@ class _Indexed:
 
     def subset(self, positions: list[int]) -> Any:
         return self.data
+
+
+#: The job class of each stage kind.
+JOBS: dict[type[StageSpec], type[StageJob[Any]]] = {
+    InitSpec: InitStage, ScoreSpec: ScoreStage, AnnotateSpec: AnnotateStage,
+    PseudoSpec: PseudoStage, SegmentSpec: SegmentStage,
+}
+
+
+def job_for(spec: StageSpec, folder: StageFolder) -> StageJob[Any]:
+    """The submitit job that computes ``spec`` into ``folder`` (`jobs.dag.JobFactory`),
+    with the folders of its inputs resolved here, in the driver."""
+    inputs = {f.name: folder.of(getattr(spec, f.name)) for f in dataclasses.fields(spec)
+              if isinstance(getattr(spec, f.name), StageSpec)}
+    return JOBS[type(spec)](spec, folder, inputs)
 
 
 def _write_parquet(path: Path, table: str, rows: list[dict[str, Any]]) -> None:

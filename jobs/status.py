@@ -6,6 +6,7 @@ from typing import Any
 
 import yaml
 
+from analysis.schema import Status, SweepLayout
 from jobs import dag
 from jobs.config import SweepConfig
 from jobs.trial import init_spec
@@ -16,7 +17,8 @@ def trial_states(sweep_dir: Path) -> list[dict[str, Any]]:
     Slurm job ids and where to look."""
     from analysis.io import ResultsError, read
 
-    cfg = SweepConfig.from_dict(yaml.safe_load((sweep_dir / "config.yaml").read_text()))
+    layout = SweepLayout(sweep_dir)
+    cfg = SweepConfig.from_dict(yaml.safe_load(layout.config.read_text()))
     try:
         rows = {r["trial"]: r for r in read(sweep_dir, "trials").to_dict("records")}
     except ResultsError:
@@ -25,25 +27,25 @@ def trial_states(sweep_dir: Path) -> list[dict[str, Any]]:
     for t in cfg.trials():
         row = rows.get(t.key)
         if row is not None:
-            state = "done" if row["status"] == "COMPLETED" else "failed"
+            state = {Status.COMPLETED.value: "done",
+                     Status.CANCELLED.value: "cancelled"}.get(row["status"], "failed")
             out.append({"trial": t.key, "state": state,
                         "jobs": _text(row.get("slurm_job_ids")),
                         "where": _text(row.get("error")) or _text(row.get("log_path"))})
             continue
-        init = dag.stage_dir(sweep_dir, "init", init_spec(cfg, t))
-        running = _started(sweep_dir, t.key)
+        init = init_spec(cfg, t).folder(sweep_dir)
+        running = _started(layout.trial_events(t.key))
         out.append({"trial": t.key, "state": "running" if running else "pending",
                     "jobs": ",".join(dag.job_ids(init)) if running else "",
-                    "where": str(sweep_dir / "tracking" / f"{t.key}.jsonl") if running else ""})
+                    "where": str(layout.trial_events(t.key)) if running else ""})
     return out
 
 
-def _started(sweep_dir: Path, key: str) -> bool:
+def _started(log: Path) -> bool:
     """A trial has started when it opened its MLflow event log (``tracking/KEY.jsonl``)
     and has not ended it; a driver killed mid-trial leaves it looking started."""
     import json
 
-    log = sweep_dir / "tracking" / f"{key}.jsonl"
     lines = log.read_text().splitlines() if log.exists() else []
     return bool(lines) and json.loads(lines[-1]).get("op") != "end"
 

@@ -1,7 +1,7 @@
 """The sweep driver: validate, prepare the records, let Ray Tune walk the grid.
 
-Ray Tune holds the grid (N × seed × arm, an arm being a selection mode and β, or the
-random baseline); each trial is `jobs.trial.run_trial`. The driver creates the
+Ray Tune holds the grid: one point per `TrialConfig`, whose flat dict is the trial's
+Tune config; each trial is `jobs.trial.run_trial`. The driver creates the
 MLflow store, experiment and parent run before any trial starts. A sweep folder is
 bound to its config: running another config into it is refused unless ``force``.
 """
@@ -13,47 +13,42 @@ import os
 import shlex
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from analysis.schema import LAYOUT_VERSION, Status, SweepLayout
 from hpc.profiles import ClusterProfile
 from jobs import tracking
 from jobs.config import ConfigError, SweepConfig
+from jobs.data import resolved
 from jobs.trial import SweepContext, run_trial
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class SweepPaths:
-    root: Path
-
-    @property
-    def results(self) -> Path:
-        return self.root / "results"
-
-    @property
-    def meta(self) -> Path:
-        return self.root / "sweep.json"
-
-    @property
-    def tracking(self) -> Path:
-        """Where trials buffer their MLflow events (`jobs.tracking.Buffer`)."""
-        return self.root / "tracking"
-
-
 def read_meta(sweep_dir: Path) -> dict[str, Any]:
-    path = SweepPaths(sweep_dir).meta
+    path = SweepLayout(sweep_dir).meta
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+def check_layout(sweep_dir: Path) -> None:
+    """Refuse a sweep folder written by a basis with another folder layout (its stage
+    addresses and records would be half reused), in one line."""
+    meta = read_meta(sweep_dir)
+    if meta and meta.get("layout", 1) != LAYOUT_VERSION:
+        raise ConfigError(
+            f"{sweep_dir} was written by an older basis (folder layout "
+            f"{meta.get('layout', 1)}, this one writes {LAYOUT_VERSION}: stage addresses "
+            "changed); run the sweep into a new --sweep-dir")
 
 
 def prepare(cfg: SweepConfig, sweep_dir: Path, force: bool = False,
             profile: str | None = None, tracking_uri: str | None = None) -> dict[str, Any]:
     """Create or reopen the sweep folder; refuse one that belongs to another config."""
-    paths = SweepPaths(sweep_dir)
+    paths = SweepLayout(sweep_dir)
+    check_layout(sweep_dir)
     meta: dict[str, Any] = {}
     if paths.meta.exists():
         meta = json.loads(paths.meta.read_text())
@@ -63,16 +58,20 @@ def prepare(cfg: SweepConfig, sweep_dir: Path, force: bool = False,
                 f"(fingerprint {meta.get('fingerprint')} ≠ {cfg.fingerprint()}); use a new "
                 "--sweep-dir, or --force to run this config there anyway")
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    (sweep_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    paths.config.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     uri = tracking_uri or meta.get("mlflow_uri") or tracking.default_uri(sweep_dir)
     try:
         exp_id, parent = tracking.open_sweep(
             uri, f"basis/{cfg.name}", {**cfg.flat(), "n_trials": cfg.n_trials()},
-            parent_run_id=meta.get("parent_run_id"), artifact_root=sweep_dir / "mlartifacts")
+            parent_run_id=meta.get("parent_run_id"), artifact_root=paths.mlartifacts)
     except Exception as err:
         raise ConfigError(f"MLflow tracking at {uri} cannot be reached or written "
                           f"({type(err).__name__}: {str(err)[:200]})") from err
-    meta.update(name=cfg.name, fingerprint=cfg.fingerprint(), experiment_id=exp_id,
+    from jobs.specs import code_fingerprint
+
+    meta.update(name=cfg.name, fingerprint=cfg.fingerprint(), layout=LAYOUT_VERSION,
+                code=code_fingerprint(),
+                experiment_id=exp_id,
                 profile=profile or meta.get("profile"),
                 parent_run_id=parent, mlflow_uri=uri,
                 command=" ".join(shlex.quote(a) for a in sys.argv),
@@ -137,44 +136,56 @@ def _progress(total: int) -> Any:
 
 
 def _key(config: dict[str, Any]) -> str:
-    arm = config.get("arm", {})
-    beta = "" if arm.get("beta") is None else f" β={arm['beta']}"
-    frac = "" if arm.get("pool_fraction") is None else f" pool={arm['pool_fraction']}"
-    sched = arm.get("schedule")
-    sched = f" {sched['iou_schedule']}+{sched['iou_target']}" if sched else ""
-    return (f"[{arm.get('mode')}{beta} N={config.get('N')} seed={config.get('seed')}"
+    """A trial's Tune config (`TrialConfig.to_flat_dict`) as a short label."""
+    beta = "" if config.get("beta") is None else f" β={config['beta']}"
+    frac = "" if config.get("pool_fraction") is None else f" pool={config['pool_fraction']}"
+    sched = f" {config['variant']}" if config.get("variant") else ""
+    return (f"[{config.get('mode')}{beta} N={config.get('N')} seed={config.get('seed')}"
             f"{frac}{sched}]")
+
+
+def search_space(cfg: SweepConfig) -> tuple[dict[str, Any], Any]:
+    """The grid for Tune: one point per trial, whose Tune config is exactly the trial's
+    flat dict (`TrialConfig.to_flat_dict`) → (param_space, search algorithm)."""
+    from ray import tune
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    points = [t.to_flat_dict() for t in cfg.trials()]
+    space = {k: tune.choice(sorted({p[k] for p in points}, key=repr)) for k in points[0]}
+    return space, BasicVariantGenerator(points_to_evaluate=points, max_concurrent=0)
 
 
 def run(cfg: SweepConfig, profile: ClusterProfile, sweep_dir: Path, force: bool = False,
         verbose: int = 1, tracking_uri: str | None = None) -> dict[str, Any]:
     """Run (or resume) every trial of ``cfg``; return the sweep's meta record."""
     sweep_dir = sweep_dir.resolve()
-    cfg = cfg.resolved()
+    cfg = resolved(cfg)
     meta = prepare(cfg, sweep_dir, force=force, profile=profile.name,
                    tracking_uri=tracking_uri or profile.tracking_uri)
+    from jobs.specs import pin_code_fingerprint
+
+    pin_code_fingerprint(meta["code"])
     ctx = SweepContext(str(sweep_dir), cfg.to_dict(), profile, meta["mlflow_uri"],
-                       meta["experiment_id"], meta["parent_run_id"])
+                       meta["experiment_id"], meta["parent_run_id"], meta["code"])
     if profile.executor == "slurm" and profile.job_arrays:
         submit_init_array(cfg, profile, sweep_dir)
     _ray_init(num_cpus=profile.max_concurrent_trials)
     from ray import tune
 
-    space = {"N": tune.grid_search(list(cfg.study.N)),
-             "seed": tune.grid_search(list(cfg.study.seed)),
-             "arm": tune.grid_search(cfg.arms())}
+    space, search = search_space(cfg)
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(_trainable, ctx=ctx), {"cpu": 1}),
         param_space=space,
-        tune_config=tune.TuneConfig(max_concurrent_trials=profile.max_concurrent_trials),
-        run_config=tune.RunConfig(name="tune", storage_path=str(sweep_dir / "ray"),
+        tune_config=tune.TuneConfig(max_concurrent_trials=profile.max_concurrent_trials,
+                                    search_alg=search, num_samples=cfg.n_trials()),
+        run_config=tune.RunConfig(name="tune", storage_path=str(SweepLayout(sweep_dir).ray),
                                   verbose=verbose, callbacks=[_progress(cfg.n_trials())]),
     )
-    status = "FINISHED"
+    status = Status.COMPLETED.mlflow
     try:
         tuner.fit()
     except BaseException:
-        status = "KILLED"
+        status = Status.CANCELLED.mlflow
         raise
     finally:
         end_sweep(sweep_dir, meta, status)
@@ -186,18 +197,19 @@ def submit_init_array(cfg: SweepConfig, profile: ClusterProfile, sweep_dir: Path
     wait for their seed's array task instead of each submitting it → the job ids."""
     from hpc.profiles import make_executor
     from jobs import dag
-    from jobs.stages import InitStage
+    from jobs.stages import job_for
     from jobs.trial import init_spec, job_name
 
     specs = {t.seed: init_spec(cfg, t) for t in cfg.trials()}
     return dag.submit_array(
-        sweep_dir, "init", list(specs.values()), lambda spec, d: InitStage(spec, d),
-        lambda folder: make_executor(profile, folder, name=job_name(cfg, "init")))
+        sweep_dir, list(specs.values()), job_for,
+        lambda folder: make_executor(profile, folder, name=job_name(cfg, "init"),
+                                     stage="init"))
 
 
 def end_sweep(sweep_dir: Path, meta: dict[str, Any], status: str) -> None:
     """Close the parent run, or leave the status for `basis sync` if MLflow is away."""
-    pending = SweepPaths(sweep_dir).tracking / "_parent.status"
+    pending = SweepLayout(sweep_dir).tracking / "_parent.status"
     try:
         tracking.finish(meta["mlflow_uri"], meta["parent_run_id"], status)
         pending.unlink(missing_ok=True)
@@ -213,7 +225,7 @@ def sync(sweep_dir: Path) -> dict[str, int]:
     meta = read_meta(sweep_dir)
     if not meta:
         raise ConfigError(f"{sweep_dir} is not a sweep folder (no sweep.json)")
-    folder = SweepPaths(sweep_dir).tracking
+    folder = SweepLayout(sweep_dir).tracking
     counts = tracking.sync(folder, meta["mlflow_uri"])
     pending = folder / "_parent.status"
     if pending.exists() and counts["pending"] == 0:
@@ -252,14 +264,14 @@ def detach(cfg: SweepConfig, profile: ClusterProfile, sweep_dir: Path,
     import subprocess
 
     sweep_dir = sweep_dir.resolve()
-    cfg = cfg.resolved()
+    cfg = resolved(cfg)
     prepare(cfg, sweep_dir, force=force, profile=profile.name,
             tracking_uri=tracking_uri or profile.tracking_uri)
     if profile.executor == "slurm":
         from hpc.profiles import make_executor
 
         driver = dataclasses.replace(profile, tasks_per_node=1, gpus_per_node=0, nodes=1)
-        ex = make_executor(driver, sweep_dir / "submitit" / "driver")
+        ex = make_executor(driver, SweepLayout(sweep_dir).submitit / "driver")
         ex.update_parameters(name=f"basis-driver-{cfg.name}")
         job = ex.submit(DriverJob(cfg.to_dict(), profile, str(sweep_dir), force))
         return f"Slurm job {job.job_id}, log {job.paths.stderr}"

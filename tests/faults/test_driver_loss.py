@@ -28,8 +28,8 @@ def _rows(sweep: Path) -> int:
 #: Where the driver dies: right after it submitted its first job, while jobs run, and
 #: while results are being written (some trials recorded, others not yet).
 KILL_POINTS = {
-    "submission": lambda s: list((s / "stages").glob("init-*/job_ids")),
-    "jobs": lambda s: list((s / "stages").glob("annotate-*/job_ids")),
+    "submission": lambda s: list((s / "stages").glob("init-*/submissions.jsonl")),
+    "jobs": lambda s: list((s / "stages").glob("annotate-*/submissions.jsonl")),
     "results": lambda s: _rows(s) >= 1,
 }
 

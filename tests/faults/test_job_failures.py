@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 import subprocess
 import time
+from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
 from hpc.profiles import ClusterProfile, make_executor
+from jobs.dag import job_ids
+from jobs.specs import StageFolder, StageSpec
 
 pytestmark = [pytest.mark.faults, pytest.mark.slurm, pytest.mark.slow,
               pytest.mark.usefixtures("slurm_cluster")]
@@ -60,6 +63,12 @@ def test_one_rank_failing_ends_the_job(tmp_path, how, expected):
     assert _final_state(job.job_id) == "FAILED"
 
 
+@dataclasses.dataclass(frozen=True)
+class Sleep(StageSpec):
+    kind: ClassVar[str] = "sleep"
+    seconds: int = 600
+
+
 def test_job_past_its_time_limit_is_recorded(tmp_path):
     """A stage that runs into its wall-time: submitit's warning signal comes first, and a
     job that cannot checkpoint fails with that reason (a stage job would be requeued)."""
@@ -68,14 +77,14 @@ def test_job_past_its_time_limit_is_recorded(tmp_path):
     profile = dataclasses.replace(ClusterProfile.load("local-slurm"), timeout_min=1,
                                   tasks_per_node=1)
 
-    def sleeper(stage_dir):
+    def sleeper(spec, folder):
         def body():
             time.sleep(600)     # never checkpointable, never done
         return body
 
     t0 = time.time()
     with pytest.raises(dag.StageFailed) as err:
-        dag.ensure(tmp_path, "init", {"sleep": 600}, sleeper,
+        dag.ensure(tmp_path, Sleep(600), sleeper,
                    lambda folder: make_executor(profile, folder), poll_s=2)
     assert time.time() - t0 < 240
     text = str(err.value)
@@ -103,7 +112,7 @@ def _kill_first_annotate_job(sweep: Path, config: Path, *args: str, code: int):
         deadline = time.time() + 600
         while not killed and time.time() < deadline:
             for stage in sorted((sweep / "stages").glob("annotate-*/metrics.jsonl")):
-                job_id = (stage.parent / "job_ids").read_text().split()[0]
+                job_id = job_ids(StageFolder(stage.parent))[0]
                 subprocess.run(["scancel", "--signal=KILL", job_id], check=False)
                 killed.append(job_id)
                 break
@@ -147,9 +156,9 @@ def test_retries_resubmit_a_killed_job_and_the_trial_completes(tmp_path):
     trials = read(sweep, "trials")
     assert len(trials) == 4 and set(trials["status"]) == {"COMPLETED"}, trials["error"]
     retried = [d for d in (sweep / "stages").glob("annotate-*") if d.is_dir()
-               and (d / "job_ids").read_text().split()[0] == killed]
+               and job_ids(StageFolder(d))[0] == killed]
     assert len(retried) == 1
-    ids = [line.split()[0] for line in (retried[0] / "job_ids").read_text().splitlines()]
+    ids = job_ids(StageFolder(retried[0]))
     assert len(ids) == 2 and ids[0] == killed      # the same stage, submitted again
     assert _final_state(killed) in ("CANCELLED", "FAILED")
     assert _final_state(ids[1]) == "COMPLETED"

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from jobs.dag import submissions
+from jobs.specs import StageFolder
 from tests.jobs.test_sweep_e2e import CONFIG, basis, check_records, mlflow_children
 
 pytestmark = [pytest.mark.faults, pytest.mark.slurm, pytest.mark.slow,
@@ -35,8 +37,9 @@ def _interrupter(sweep: Path, times: int, log: list, stop: threading.Event) -> N
 
     while not stop.is_set() and len(log) < times:
         stages = [p for p in (sweep / "stages").glob("annotate-*") if p.is_dir()]
-        if stages and (stages[0] / "job_ids").exists():
-            job_id, folder = (stages[0] / "job_ids").read_text().split()[:2]
+        subs = submissions(StageFolder(stages[0])) if stages else []
+        if subs:
+            job_id, folder = subs[0].job_id, subs[0].folder
             seen = _lines(stages[0] / "metrics.jsonl")
             # wait for an epoch written by the current run of the job, then preempt it
             if seen > (log[-1][1] if log else 0):
@@ -74,7 +77,7 @@ def test_requeued_twice_equals_uninterrupted(tmp_path):
     wa, wb = torch.load(a / "model.pt"), torch.load(b / "model.pt")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     # one job id (requeued in place), one trial row, one MLflow run
-    assert len((b / "job_ids").read_text().splitlines()) == 1
+    assert len(submissions(StageFolder(b))) == 1
     check_records(hit, n_trials=1, table=False)
     assert len(mlflow_children(hit)[1]) == 1
     # it really restarted twice, each time from its checkpoint

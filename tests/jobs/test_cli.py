@@ -54,3 +54,21 @@ def test_status_calls_a_trial_running_while_its_event_log_is_open(tmp_path, caps
         fh.write(json.dumps({"op": "end", "status": "KILLED"}) + "\n")
     assert main(["status", str(tmp_path)]) == 0
     assert "6 trials: 6 pending" in capsys.readouterr().out
+
+
+def test_a_sweep_folder_of_an_older_layout_is_refused_in_one_line(tmp_path, capsys):
+    import json
+    import shutil
+
+    from analysis.schema import LAYOUT_VERSION
+
+    shutil.copy("configs/demo.yaml", tmp_path / "config.yaml")
+    (tmp_path / "sweep.json").write_text(json.dumps({"name": "demo", "fingerprint": "x"}))
+    assert main(["sweep", "--resume", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert f"folder layout 1, this one writes {LAYOUT_VERSION}" in err and "new --sweep-dir" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml", "sweep.json"]
+    # the same refusal when a config is run into it
+    assert main(["sweep", "configs/demo.yaml", "--sweep-dir", str(tmp_path)]) == 2
+    assert "older basis" in capsys.readouterr().err

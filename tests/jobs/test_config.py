@@ -1,6 +1,6 @@
 import pytest
 
-from jobs.config import ConfigError, SweepConfig, TrialConfig
+from jobs.config import Arm, ConfigError, SweepConfig, TrialConfig
 
 DEMO = "configs/demo.yaml"
 
@@ -8,8 +8,7 @@ DEMO = "configs/demo.yaml"
 def test_demo_config_loads_and_flattens():
     cfg = SweepConfig.load(DEMO)
     assert cfg.n_trials() == len(cfg.arms()) * len(cfg.study.N) * len(cfg.study.seed)
-    assert cfg.arms()[0] == {"mode": "random", "beta": None, "pool_fraction": None,
-                             "schedule": None}
+    assert cfg.arms()[0] == Arm(mode="random", beta=None, pool_fraction=None, variant=None)
     flat = cfg.flat()
     assert flat["model.n_classes"] == 6  # taken from the data
     assert {"train.epochs", "loss.iou_target", "data.n_pool"} <= set(flat)

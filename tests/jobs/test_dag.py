@@ -1,16 +1,30 @@
 """The stage DAG's bookkeeping with a fake executor (the real ones run in the e2e tests)."""
 import json
 import threading
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
 from jobs import dag
+from jobs.specs import StageFolder, StageSpec
+
+
+@dataclass(frozen=True)
+class ToySpec(StageSpec):
+    kind: ClassVar[str] = "toy"
+    seed: int = 0
+    value: int = 0
+
+
+def spec(**kw):
+    return ToySpec(**kw)
 
 
 class FakeJob:
     def __init__(self, fn, job_id, folder):
-        self.fn, self.job_id, self._tasks = fn, job_id, (0,)
+        self.fn, self.job_id, self.num_tasks = fn, job_id, 1
         self.paths = type("P", (), {"stderr": Path(folder) / f"{job_id}_0_log.err"})()
         self._error = None
         try:
@@ -41,13 +55,13 @@ class FakeExecutor:
             return FakeJob(fn, str(FakeExecutor.submitted), self.folder)
 
 
-def writer(d: Path, value, fail=False):
+def writer(f: StageFolder, value, fail=False):
     def run():
-        (d / dag.METRICS).write_text(json.dumps({"stage": "x", "epoch": 1, "loss": 0.5}) + "\n")
+        f.metrics.write_text(json.dumps({"stage": "x", "epoch": 1, "loss": 0.5}) + "\n")
         if fail:
             raise ValueError("bad input in stage")
-        (d / dag.RESULT).write_text(json.dumps({"value": value}))
-        (d / dag.DONE).write_text("")
+        f.result.write_text(json.dumps({"value": value}))
+        f.done.write_text("")
     return run
 
 
@@ -57,7 +71,7 @@ def test_stage_is_computed_once_and_shared(tmp_path):
     results = []
 
     def one():
-        results.append(dag.ensure(tmp_path, "init", {"seed": 0}, lambda d: writer(d, 7),
+        results.append(dag.ensure(tmp_path, spec(seed=0), lambda s, f: writer(f, 7),
                                   FakeExecutor, seen.append, poll_s=0.01))
 
     threads = [threading.Thread(target=one) for _ in range(4)]
@@ -69,20 +83,22 @@ def test_stage_is_computed_once_and_shared(tmp_path):
     assert [r.result for r in results] == [{"value": 7}] * 4
     assert sum(r.computed for r in results) == 1
     assert seen == [{"stage": "x", "epoch": 1, "loss": 0.5}]
-    assert dag.job_ids(results[0].dir) == ["1"]
+    assert dag.job_ids(results[0].folder) == ["1"]
+    sub = dag.submissions(results[0].folder)[0]
+    assert (sub.job_id, sub.tasks, sub.executor) == ("1", 1, "local")
     # another config is another stage
-    other = dag.ensure(tmp_path, "init", {"seed": 1}, lambda d: writer(d, 8), FakeExecutor)
+    other = dag.ensure(tmp_path, spec(seed=1), lambda s, f: writer(f, 8), FakeExecutor)
     assert other.dir != results[0].dir and FakeExecutor.submitted == 2
 
 
 def test_failed_stage_names_its_log_and_is_retried(tmp_path):
     FakeExecutor.submitted = 0
     with pytest.raises(dag.StageFailed) as err:
-        dag.ensure(tmp_path, "init", {"s": 0}, lambda d: writer(d, 1, fail=True), FakeExecutor)
+        dag.ensure(tmp_path, spec(), lambda s, f: writer(f, 1, fail=True), FakeExecutor)
     assert "bad input in stage" in str(err.value)
     assert err.value.log_path.endswith("1_0_log.err") and err.value.job_ids == ["1"]
-    ok = dag.ensure(tmp_path, "init", {"s": 0}, lambda d: writer(d, 1), FakeExecutor)
-    assert ok.computed and dag.job_ids(ok.dir) == ["1", "2"]
+    ok = dag.ensure(tmp_path, spec(), lambda s, f: writer(f, 1), FakeExecutor)
+    assert ok.computed and dag.job_ids(ok.folder) == ["1", "2"]
 
 
 def test_read_metrics_keeps_a_partial_line_for_later(tmp_path):
@@ -96,31 +112,31 @@ def test_read_metrics_keeps_a_partial_line_for_later(tmp_path):
     assert recs == [{"epoch": 2}]
 
 
-def flaky(d: Path, failures: int):
+def flaky(f: StageFolder, failures: int):
     """A stage job failing its first ``failures`` attempts (counted in a file)."""
     def run():
-        count = d / "attempts"
+        count = f.path / "attempts"
         n = int(count.read_text()) + 1 if count.exists() else 1
         count.write_text(str(n))
-        with open(d / dag.METRICS, "a") as fh:
+        with open(f.metrics, "a") as fh:
             fh.write(json.dumps({"stage": "x", "epoch": n, "loss": 1.0 / n}) + "\n")
         if n <= failures:
             raise ValueError(f"flaky node, attempt {n}")
-        (d / dag.RESULT).write_text(json.dumps({"attempts": n}))
-        (d / dag.DONE).write_text("")
+        f.result.write_text(json.dumps({"attempts": n}))
+        f.done.write_text("")
     return run
 
 
 def test_retries_resubmit_a_failed_job_and_keep_its_epochs(tmp_path):
     FakeExecutor.submitted = 0
     seen = []
-    got = dag.ensure(tmp_path, "annotate", {"s": 0}, lambda d: flaky(d, 2), FakeExecutor,
+    got = dag.ensure(tmp_path, spec(), lambda s, f: flaky(f, 2), FakeExecutor,
                      seen.append, poll_s=0.01, retries=2)
     assert got.computed and got.result == {"attempts": 3}
-    assert dag.job_ids(got.dir) == ["1", "2", "3"]
+    assert dag.job_ids(got.folder) == ["1", "2", "3"]
     assert [r["epoch"] for r in seen] == [1, 2, 3]     # a retry streams on, not from 1
     with pytest.raises(dag.StageFailed) as err:        # more failures than retries
-        dag.ensure(tmp_path, "annotate", {"s": 1}, lambda d: flaky(d, 5), FakeExecutor,
+        dag.ensure(tmp_path, spec(seed=1), lambda s, f: flaky(f, 5), FakeExecutor,
                    poll_s=0.01, retries=1)
     assert "attempt 2" in str(err.value) and "after 2 attempts" in str(err.value)
     assert len(err.value.job_ids) == 2
@@ -137,12 +153,40 @@ def test_submit_array_skips_done_and_single_stages(tmp_path):
             return contextlib.nullcontext()
 
     FakeExecutor.submitted = 0
-    specs = [{"seed": s} for s in range(3)]
-    dag.ensure(tmp_path, "init", specs[0], lambda d: writer(d, 0), FakeExecutor)
-    ids = dag.submit_array(tmp_path, "init", specs + [specs[1]],
-                           lambda spec, d: writer(d, spec["seed"]), BatchExecutor)
+    specs = [spec(seed=s) for s in range(3)]
+    dag.ensure(tmp_path, specs[0], lambda s, f: writer(f, 0), FakeExecutor)
+    ids = dag.submit_array(tmp_path, specs + [specs[1]],
+                           lambda s, f: writer(f, s.seed), BatchExecutor)
     assert ids == ["2", "3"] and BatchExecutor.batches == 1    # seed 0 was done already
-    for spec, job_id in zip(specs[1:], ids):
-        assert dag.job_ids(dag.stage_dir(tmp_path, "init", spec)) == [job_id]
-    assert dag.submit_array(tmp_path, "init", specs, lambda spec, d: writer(d, 0),
+    for sp, job_id in zip(specs[1:], ids):
+        assert dag.job_ids(sp.folder(tmp_path)) == [job_id]
+        assert dag.submissions(sp.folder(tmp_path))[0].array is not None
+    assert dag.submit_array(tmp_path, specs, lambda s, f: writer(f, 0),
                             BatchExecutor) == []                # all done now
+
+
+def test_spec_address_holds_its_config_and_the_code(tmp_path, monkeypatch):
+    from jobs import specs
+
+    a, b = spec(seed=0), spec(seed=1)
+    assert a.address == spec(seed=0).address and a.address != b.address
+    assert a.folder(tmp_path).path == tmp_path / "stages" / f"toy-{a.address}"
+    before = a.address
+    monkeypatch.setattr(specs, "code_fingerprint", lambda: "other-code")
+    assert a.address != before                  # a code change is a new stage
+
+
+def test_nested_specs_address_their_inputs(tmp_path):
+    from jobs.config import SweepConfig
+    from jobs.specs import ScoreSpec
+    from jobs.trial import init_spec
+
+    cfg = SweepConfig.load("configs/demo.yaml")
+    t0, t1 = [t for t in cfg.trials() if t.N == cfg.study.N[0]][:1] + [
+        t for t in cfg.trials() if t.N == cfg.study.N[-1]][:1]
+    i0, i1 = init_spec(cfg, t0), init_spec(cfg, t1)
+    assert i0 == i1                             # same seed: one init stage for every N
+    score = ScoreSpec(i0)
+    assert score.inputs() == (i0,)
+    assert score.flat()["init"] == i0.dirname
+    assert score.folder(tmp_path).of(i0) == i0.folder(tmp_path)

@@ -16,12 +16,12 @@ def test_writes_png(tmp_path):
     data = SyntheticShapes(SyntheticConfig(image_size=32), seed=1, ids=range(2))
     torch.manual_seed(0)
     preds = predict(RSIS(ModelConfig(hidden=16)), data)
-    AnnotateStage({}, tmp_path).save_qualitative(data, preds)
+    AnnotateStage(None, tmp_path).save_qualitative(data, preds)
     assert (tmp_path / "qualitative.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_drawing_error_is_only_logged(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="jobs.stages"):
-        AnnotateStage({}, tmp_path).save_qualitative([], [])  # empty → ValueError inside
+        AnnotateStage(None, tmp_path).save_qualitative([], [])  # empty → ValueError inside
     assert "qualitative picture" in caplog.text
     assert not (tmp_path / "qualitative.png").exists()

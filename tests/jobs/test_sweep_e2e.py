@@ -54,9 +54,16 @@ def check_records(sweep: Path, n_trials: int, table: bool = True) -> list[str]:
                                     f"tags.mlflow.parentRunId = '{run.info.run_id}'")
         kinds = sorted(r.data.tags["basis.stage"] for r in nested)
         assert kinds == ["annotate", "init", "score"], kinds   # a nested run per stage
+        by_kind = {r.data.tags["basis.stage"]: r for r in nested}
         for r in nested:
             assert r.info.status == "FINISHED" and r.data.tags["stage_dir"]
-            assert r.data.params["seed"] == run.data.tags["seed"]
+            assert r.data.tags["stage_dir"].endswith(r.data.tags["basis.stage"] + "-"
+                                                     + r.data.params["address"])
+            assert r.data.params["code"] == r.data.tags["code"]
+        for kind in ("init", "annotate"):   # the spec is the stage run's params
+            assert by_kind[kind].data.params["recipe.seed"] == run.data.tags["seed"]
+        assert Path(by_kind["init"].data.tags["stage_dir"]).name == by_kind[
+            "score"].data.params["init"]    # an input is named by its folder
         ann = next(r for r in nested if r.data.tags["basis.stage"] == "annotate")
         assert ann.data.metrics["ap50"] == run.data.metrics["ap50"]
         assert len(client.get_metric_history(ann.info.run_id, "loss")) >= 2   # per epoch

@@ -24,3 +24,20 @@ def test_parent_child_runs_and_one_run_per_trial(tmp_path):
     k1 = client.get_run(first.run_id)
     assert k1.info.status == "FINISHED" and k1.data.tags["tune_trial_id"] == "x"
     assert k1.data.metrics["loss"] == 0.5 and k1.data.params["N"] == "40"
+
+
+def test_events_round_trip_through_the_buffer_format():
+    import json
+
+    from jobs.tracking import (EVENTS, EndRun, Event, LogArtifact, LogHistory, LogMetrics,
+                               OpenRun, SetTag)
+
+    events = [OpenRun("1", "k", "/p.run", {"a": "1"}, {"t": "v"}, {"trial": "k"}),
+              SetTag("k", "v"), LogMetrics(3, 17, {"loss": 0.5}),
+              LogHistory(17, [{"step": 1, "values": {"loss": 0.5}}]),
+              LogArtifact("/a.png"), EndRun("FINISHED")]
+    assert sorted(EVENTS) == sorted(e.op for e in events)
+    for e in events:
+        line = json.dumps(e.to_json())
+        assert json.loads(line)["op"] == e.op
+        assert Event.from_json(json.loads(line)) == e

@@ -37,9 +37,87 @@ def test_a_trial_that_cannot_even_start_is_recorded_failed(tmp_path):
     ctx = SweepContext(str(tmp_path), cfg, ClusterProfile.load("local"),
                        f"sqlite:///{tmp_path / 'm.db'}", "0", "p")
     reports = []
-    row = run_trial({"N": 40, "seed": 0, "arm": {"mode": "predicted", "beta": 0.3}}, ctx,
-                    reports.append)
+    trial = TrialConfig(N=40, beta=0.3, seed=0, mode="predicted", n_init=20)
+    row = run_trial(trial.to_flat_dict(), ctx, reports.append)
     assert row["status"] == "FAILED" and "study.n_init=0" in row["error"]
     df = read(tmp_path, "trials")
     assert df["trial"].tolist() == ["predicted-b0.30-N40-s0"]
     assert df["status"].tolist() == ["FAILED"] and reports[-1]["status"] == "FAILED"
+
+
+class _Log:
+    """An observer that writes down what it was told."""
+
+    def __init__(self, seen):
+        self.seen = seen
+
+    def __getattr__(self, event):
+        def note(*args):
+            self.seen.append((event, *args))
+        return note
+
+
+def test_runner_tells_its_observers_in_order(tmp_path, monkeypatch):
+    import dataclasses
+    import json
+
+    import pytest
+
+    from analysis.schema import Status
+    from hpc.profiles import ClusterProfile
+    from jobs.config import SweepConfig
+    from jobs.dag import StageFailed
+    from jobs.events import TrialOutcome
+    from jobs.trial import SweepContext, TrialRunner
+    from jobs import trial as trial_mod
+    from tests.jobs.test_dag import FakeExecutor, ToySpec
+
+    @dataclasses.dataclass(frozen=True)
+    class Toy(ToySpec):
+        kind = "init"          # a kind the profile knows (its stage resources apply)
+
+    def job(spec, folder):
+        def run():
+            folder.metrics.write_text(json.dumps({"stage": "toy", "epoch": 1, "loss": 0.5})
+                                      + "\n")
+            if spec.value < 0:
+                raise ValueError("negative value")
+            folder.result.write_text(json.dumps({"value": spec.value}))
+            folder.done.write_text("")
+        return run
+
+    made = []
+    monkeypatch.setattr(trial_mod, "make_executor", lambda profile, folder, name, stage:
+                        made.append((name, stage)) or FakeExecutor(folder))
+    profile = ClusterProfile.load("local")
+    ctx = SweepContext(str(tmp_path), {}, profile, "sqlite:///x", "0", "p")
+    cfg = SweepConfig.load("configs/demo.yaml")
+    trial = cfg.trials()[0]
+    seen: list = []
+    first, second = _Log(seen), _Log([])
+    runner = TrialRunner(ctx, cfg, trial, [first, second], job=job)
+    runner.start({"N": trial.N}, {"trial": trial.key})
+    a = runner.stage(Toy(value=3))
+    again = runner.stage(Toy(value=3))
+    with pytest.raises(StageFailed):
+        runner.stage(Toy(value=-1))
+    outcome = TrialOutcome(trial, Status.FAILED, {"trial": trial.key})
+    runner.finish(outcome)
+    events = [e[0] for e in seen]
+    assert events == ["trial_started", "stage_started", "epoch", "stage_finished",
+                      "stage_started", "stage_finished",       # found done: no epochs
+                      "stage_started", "epoch", "stage_failed",  # its epochs still stream
+                      "trial_finished"]
+    assert seen[2][1] == {"stage": "toy", "epoch": 1, "loss": 0.5}
+    assert a.computed and not again.computed and a.result == {"value": 3}
+    assert second.seen == seen                         # every observer, the same events
+    assert seen[-1][1].row["slurm_job_ids"] == ",".join(runner.job_ids)
+    assert len(runner.job_ids) == 2                    # the computed and the failed stage
+    assert made == [(f"basis-{cfg.name}-init", "init")] * 2   # named, with its resources
+
+
+def test_every_stage_kind_is_one_a_profile_can_set_resources_for():
+    from hpc.profiles import STAGE_KINDS
+    from jobs.stages import JOBS
+
+    assert {spec.kind for spec in JOBS} <= set(STAGE_KINDS)

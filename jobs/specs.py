@@ -1,0 +1,249 @@
+"""Typed stage specs: one frozen dataclass per stage kind.
+
+A spec owns its kind, its inputs (other specs), its content address and its folder:
+``SWEEP/stages/<kind>-<address>/``. The address hashes the spec's whole config
+(`dataclasses.asdict`, inputs included) and the fingerprint of the code that computes
+stages (`code_fingerprint`), so a code change never silently reuses an old result.
+Specs hold `basis`'s own config dataclasses, never mappings, and pickle into the
+submitit job that computes them.
+
+Adding a stage kind takes: a spec here (its fields, ``kind`` and `inputs`), a job class
+in `jobs.stages` (its ``run``) registered in `jobs.stages.JOBS`, and a line in the
+trial (`jobs.trial`) that asks for it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from analysis.schema import SweepLayout
+from basis.losses import LossConfig
+from basis.models.rsis import ModelConfig
+from basis.train import TrainConfig
+from jobs.config import DataConfig, digest
+
+ROOT = Path(__file__).resolve().parent.parent
+#: The sources whose change changes what a stage computes: the method and the stages.
+CODE = ("basis", "jobs/stages.py", "jobs/specs.py", "jobs/data.py", "hpc/distributed.py")
+
+
+_PINNED: list[str] = []
+
+
+def pin_code_fingerprint(value: str) -> None:
+    """Address every stage of this process with ``value``: a sweep's driver measures
+    the code once and its trials use that, so an edit while a sweep runs cannot split
+    it between two addresses of the same stage."""
+    _PINNED[:] = [value]
+
+
+def code_fingerprint() -> str:
+    """Hash of the source that computes stages (`CODE`): 12 hex digits, the same on
+    every node that runs this checkout (or the value a driver pinned)."""
+    return _PINNED[0] if _PINNED else _measure_code()
+
+
+@functools.lru_cache(maxsize=1)
+def _measure_code() -> str:
+    h = hashlib.sha256()
+    for entry in CODE:
+        path = ROOT / entry
+        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+        for f in files:
+            h.update(str(f.relative_to(ROOT)).encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class StageFolder:
+    """The files of one stage's folder, named once for `jobs.dag` and `jobs.stages`."""
+
+    path: Path
+
+    DONE: ClassVar[str] = "DONE"
+    RESULT: ClassVar[str] = "result.json"
+    METRICS: ClassVar[str] = "metrics.jsonl"
+    SUBMISSIONS: ClassVar[str] = "submissions.jsonl"
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def done(self) -> Path:
+        """Written last, atomically: the stage is complete."""
+        return self.path / self.DONE
+
+    @property
+    def result(self) -> Path:
+        return self.path / self.RESULT
+
+    @property
+    def metrics(self) -> Path:
+        """One JSON line per epoch, streamed to Tune and MLflow while the job runs."""
+        return self.path / self.METRICS
+
+    @property
+    def submissions(self) -> Path:
+        """One JSON line per job submitted for the stage (`jobs.dag.Submission`)."""
+        return self.path / self.SUBMISSIONS
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def ckpt(self) -> Path:
+        """The whole training state, saved atomically every epoch (resume)."""
+        return self.path / "ckpt.pt"
+
+    @property
+    def model(self) -> Path:
+        """The final weights."""
+        return self.path / "model.pt"
+
+    @property
+    def image_scores(self) -> Path:
+        return self.path / "image_scores.parquet"
+
+    @property
+    def pseudo(self) -> Path:
+        return self.path / "pseudo.json"
+
+    @property
+    def qualitative(self) -> Path:
+        return self.path / "qualitative.png"
+
+    @property
+    def lock(self) -> Path:
+        return self.path.parent / f"{self.path.name}.lock"
+
+    def is_done(self) -> bool:
+        return self.done.exists()
+
+    def read_result(self) -> dict[str, Any]:
+        return json.loads(self.result.read_text())
+
+    def of(self, spec: "StageSpec") -> "StageFolder":
+        """The folder of another stage of the same sweep (an input of this one)."""
+        return StageFolder(self.path.parent / spec.dirname)
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """Base of the stage specs: subclasses are frozen dataclasses with a ``kind``."""
+
+    kind: ClassVar[str] = "stage"
+
+    def inputs(self) -> tuple["StageSpec", ...]:
+        """The stages this one reads (their folders must be DONE first)."""
+        return tuple(v for v in (getattr(self, f.name) for f in dataclasses.fields(self))
+                     if isinstance(v, StageSpec))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as JSON-able data (``config.json``; what the address hashes)."""
+        return json.loads(json.dumps({"kind": self.kind, **dataclasses.asdict(self)},
+                                     default=str))
+
+    @property
+    def address(self) -> str:
+        return digest({"spec": self.to_dict(), "code": code_fingerprint()})
+
+    @property
+    def dirname(self) -> str:
+        return f"{self.kind}-{self.address}"
+
+    def folder(self, sweep_dir: str | Path) -> StageFolder:
+        return StageFolder(SweepLayout(Path(sweep_dir)).stages / self.dirname)
+
+    def flat(self) -> dict[str, Any]:
+        """The spec as MLflow params: its address and the code's fingerprint, nested keys
+        joined by '.', an input stage by its folder name, long id lists by their count."""
+        out: dict[str, Any] = {"address": self.address, "code": code_fingerprint()}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, StageSpec):
+                out[f.name] = value.dirname
+            else:
+                out.update(_flatten(f.name, value))
+        return out
+
+
+def _flatten(prefix: str, value: Any) -> dict[str, Any]:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flatten(f"{prefix}.{k}", v))
+        return out
+    if isinstance(value, (list, tuple)) and len(value) > 8:
+        return {prefix: f"<{len(value)} ids>"}
+    return {prefix: value}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a network of a trial is trained: its data, model, training, loss and seed
+    (``train.seed`` is the trial's seed)."""
+
+    data: DataConfig
+    model: ModelConfig
+    train: TrainConfig
+    loss: LossConfig
+    seed: int
+
+
+@dataclass(frozen=True)
+class InitSpec(StageSpec):
+    """Per seed: the initial network, trained on ``n_init`` random pool images."""
+
+    kind: ClassVar[str] = "init"
+    recipe: Recipe
+    n_init: int
+
+
+@dataclass(frozen=True)
+class ScoreSpec(StageSpec):
+    """Per seed: the initial network's image scores of the pool (Eq. 2) and the oracle's."""
+
+    kind: ClassVar[str] = "score"
+    init: InitSpec
+
+
+@dataclass(frozen=True)
+class AnnotateSpec(StageSpec):
+    """An annotation network trained on ``train_ids`` (initial ∪ selected); addressed by
+    the ids, not by (N, β, mode), so trials whose selections coincide share it."""
+
+    kind: ClassVar[str] = "annotate"
+    recipe: Recipe
+    train_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class PseudoSpec(StageSpec):
+    """The annotation network's pseudo-labels of the additional pool."""
+
+    kind: ClassVar[str] = "pseudo"
+    annotate: AnnotateSpec
+
+
+@dataclass(frozen=True)
+class SegmentSpec(StageSpec):
+    """The segmentation network (plain RSIS) on the strong images ∪ the first
+    ``n_pseudo`` pseudo-labelled images."""
+
+    kind: ClassVar[str] = "segment"
+    pseudo: PseudoSpec
+    n_pseudo: int
+
+    @property
+    def annotate(self) -> AnnotateSpec:
+        return self.pseudo.annotate
