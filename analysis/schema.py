@@ -42,6 +42,8 @@ TRIALS = pa.schema([
     pa.field("seg_ap50", pa.float64()),        # AP@0.5 of the segmentation network, [0, 1]
     pa.field("seg_budget_s", pa.float64()),    # annotation cost of that configuration, s
     pa.field("seg_budget_days", pa.float64()),
+    pa.field("ctl_ap50", pa.float64()),        # AP@0.5 of plain RSIS on the strong images
+                                               # alone (Tables 5/7's control), [0, 1]
 ])
 
 #: One row per pool image of an init stage: what selection works from (Fig. 5).

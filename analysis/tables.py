@@ -4,8 +4,9 @@
   (``joint``, ``freeze``, ``freeze + sqrt`` …), columns N; lowest per column in bold.
 * Table 3 (oracle) and Table 4 (predicted): AP@0.5 ×100, rows "Random subset" and
   each β, columns N; the best mean of each column in bold.
-* Tables 5 and 7: AP@0.5 ×100 of the annotation and the segmentation network, rows
-  random vs mask-guided selection, column groups network × N. Table 5 is the sweep's
+* Tables 5 and 7: AP@0.5 ×100 of the annotation and the segmentation network (and,
+  when the sweep ran it, the strong-only RSIS control), rows random vs mask-guided
+  selection, column groups network × N. Table 5 is the sweep's
   trials with the whole additional pool pseudo-labelled (``pool_fraction`` 1 or
   unset), Table 7 those with a smaller fraction (the paper's 50 %).
 * Tables 6 and 8: the annotation budgets of the same configurations, in days.
@@ -298,9 +299,13 @@ def networks(trials: pd.DataFrame, number: int) -> Table:
     n_seeds = len(_seeds(scoped))
     scale, digits = (1.0, 2) if budget else (100.0, 1)
 
+    # the strong-only RSIS control (AP tables only: it adds no annotation cost)
+    has_ctl = not budget and _col(scoped, "ctl_ap50").notna().any()
+    cols = (ann_col, seg_col, "ctl_ap50") if has_ctl else (ann_col, seg_col)
+
     def cells(df: pd.DataFrame, by_beta: bool) -> list[Cell]:
         out = []
-        for col in (ann_col, seg_col):
+        for col in cols:
             for n in ns:
                 part = df[df["N"] == n]
                 if by_beta:
@@ -321,7 +326,11 @@ def networks(trials: pd.DataFrame, number: int) -> Table:
     if budget and not has_seg:
         note += "; no segmentation-network budgets recorded"
     groups = [("Annotation network", len(ns)), ("Segmentation network", len(ns))]
-    return Table(number, title, note, [str(n) for n in ns] * 2, rows, groups,
+    if has_ctl:
+        groups.append(("Strong-only RSIS", len(ns)))
+        note += ("; strong-only RSIS = the segmentation network's architecture trained on "
+                 "the same N strong images without pseudo-labels (the control)")
+    return Table(number, title, note, [str(n) for n in ns] * len(cols), rows, groups,
                  corner="Selection")
 
 

@@ -19,6 +19,7 @@ examples:
   basis sweep --resume runs/demo                     # continue a sweep, skip what is done
   basis status runs/demo                             # per-trial state and Slurm ids
   basis ui runs/demo                                 # MLflow UI for the sweep on 127.0.0.1
+  basis regime configs/demo.yaml --seeds 0 1         # the initial network's regime only
   basis profiles                                     # list the cluster profiles
 
 A sweep folder is resumable: run the same command again and finished stages and
@@ -55,6 +56,8 @@ def _sweep(args: argparse.Namespace) -> int:
         profile = dataclasses.replace(profile, retries=args.retries)
     print(f"basis: sweep {cfg.name!r}: {cfg.n_trials()} trials on profile {profile.name!r} "
           f"({profile.executor}), folder {sweep_dir}", flush=True)
+    for line in cfg.warnings():
+        print(f"basis: warning: {line}", file=sys.stderr, flush=True)
     if args.detach:
         where = sweep.detach(cfg, profile, sweep_dir, force=args.force,
                              tracking_uri=args.tracking_uri)
@@ -92,6 +95,26 @@ def _summary(sweep_dir: Path, n_trials: int) -> int:
         print(f"basis: {len(failed)} failed and {max(missing, 0)} missing of {n_trials} "
               f"trials; rerun with `basis sweep --resume {sweep_dir}` after a fix")
         return 1
+    return 0
+
+
+def _regime(args: argparse.Namespace) -> int:
+    import json
+
+    from hpc.profiles import ClusterProfile
+    from jobs import regime
+    from jobs.config import SweepConfig
+
+    cfg = SweepConfig.load(args.config)
+    profile = ClusterProfile.load(args.profile or cfg.profile)
+    sweep_dir = Path(args.sweep_dir or Path("runs") / cfg.name)
+    seeds = args.seeds or list(cfg.study.seed)
+    print(f"basis: regime of {cfg.name!r}: pretrain/init/score stages of seeds {seeds} on "
+          f"profile {profile.name!r}, folder {sweep_dir} (a sweep there reuses them)",
+          file=sys.stderr, flush=True)
+    regime.run(cfg, profile, sweep_dir, seeds, force=args.force,
+               emit=lambda rec: print(json.dumps(rec), flush=True))
+    print(f"basis: every run is appended to {sweep_dir / 'regime.jsonl'}", file=sys.stderr)
     return 0
 
 
@@ -231,6 +254,23 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--verbose", type=int, default=0, choices=(0, 1, 2),
                     help="Ray Tune's own status output (default 0: one progress bar)")
     sp.set_defaults(func=_sweep)
+
+    gp = sub.add_parser(
+        "regime", help="the initial network's regime (AP, pool IoU spread, IoU predictor's "
+        "r and MAE) before any selection arm: runs only the pretrain/init/score stages",
+        epilog="examples:\n  basis regime configs/synthetic/study.yaml --seeds 0 1 2\n"
+        "  basis regime configs/demo.yaml --profile local-slurm --sweep-dir runs/demo-slurm\n"
+        "Prints one JSON line per seed, then a summary line with the targets of "
+        "jobs/regime.py.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    gp.add_argument("config", help="sweep config YAML")
+    gp.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the config's)")
+    gp.add_argument("--profile", help="cluster profile (default: the config's `profile`)")
+    gp.add_argument("--sweep-dir", help="sweep folder (default: runs/<config name>, where "
+                    "`basis sweep` of the config would put it)")
+    gp.add_argument("--force", action="store_true",
+                    help="run into a sweep folder that holds another config")
+    gp.set_defaults(func=_regime)
 
     tp = sub.add_parser("tables", help="print a paper-shaped table from a sweep's Parquet files")
     tp.add_argument("sweep", help="sweep folder")

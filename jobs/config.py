@@ -21,13 +21,17 @@ import yaml
 from basis.data.synthetic import SyntheticConfig
 from basis.losses import LossConfig
 from basis.models.rsis import ModelConfig
+from basis.pretrain import PretrainConfig
 from basis.train import TrainConfig
 
 MODES = ("predicted", "oracle", "random")
 #: The data kinds `jobs.data` opens.
 DATA_KINDS = ("synthetic", "voc_sbd", "coco")
 #: The `basis` config class of each method section of a sweep config.
-SECTIONS: dict[str, type] = {"model": ModelConfig, "train": TrainConfig, "loss": LossConfig}
+SECTIONS: dict[str, type] = {"model": ModelConfig, "train": TrainConfig, "loss": LossConfig,
+                             "pretrain": PretrainConfig}
+#: ``model.encoder_weights`` naming the sweep's own pretrain stage (`jobs.specs.PretrainSpec`).
+PRETRAIN = "pretrain"
 
 C = TypeVar("C")
 
@@ -132,6 +136,7 @@ class StudyConfig:
     pool_fractions: tuple[float, ...] = (1.0,)   # shares of it used (Table 5: 1.0, 7: 0.5)
     segment_modes: tuple[str, ...] = ()          # arms that segment (random, predicted, …)
     segment_betas: tuple[float, ...] = ()        # β of those arms that segment
+    control: bool = True       # with segment: also RSIS on the strong images alone (Table 5)
     schedules: tuple[Mapping[str, str], ...] = ()  # Table 2: extra IoU-branch settings
 
 
@@ -155,7 +160,8 @@ class SweepConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     loss: LossConfig = field(default_factory=LossConfig)
-    study: StudyConfig = field(default_factory=StudyConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)  # with encoder_weights:
+    study: StudyConfig = field(default_factory=StudyConfig)            # pretrain
 
     @classmethod
     def load(cls, path: str | Path) -> "SweepConfig":
@@ -234,8 +240,34 @@ class SweepConfig:
         if s.segment and not any(a.pool_fraction is not None for a in self.arms()):
             raise ConfigError("study.segment_modes / segment_betas leave no arm to segment")
 
+    def uses_pretrain(self) -> bool:
+        """Whether the encoder starts from the sweep's own pretrain stage."""
+        return self.model.encoder_weights == PRETRAIN
+
+    def warnings(self) -> list[str]:
+        """What will run, but not as the paper did (printed before a sweep starts)."""
+        out = []
+        if self.model.encoder_weights is None:
+            out.append("the encoder starts from random weights; the paper (and RSIS) start "
+                       "from ImageNet weights with lr_encoder 1e-6: set model.encoder_weights "
+                       "to a local torchvision state dict" + (
+                           ", or to `pretrain` for the sweep's own synthetic pretraining"
+                           if self.data.kind == "synthetic" else ""))
+        elif self.train.lr_encoder > 1e-4:
+            out.append(f"train.lr_encoder={self.train.lr_encoder:g} on a pretrained encoder; "
+                       "RSIS uses 1e-6")
+        return out
+
     def _validate_grid(self) -> None:
         """The checks that need no split sizes."""
+        weights = self.model.encoder_weights
+        if weights == PRETRAIN and self.data.kind != "synthetic":
+            raise ConfigError("model.encoder_weights: pretrain pretrains on synthetic images "
+                              f"and needs data.kind synthetic (here {self.data.kind}); give "
+                              "the local path of an ImageNet state dict instead")
+        if weights not in (None, PRETRAIN) and not Path(str(weights)).is_file():
+            raise ConfigError(f"model.encoder_weights={weights} does not exist (a local "
+                              "torchvision state dict file, or `pretrain`)")
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", self.name):
             raise ConfigError(f"name={self.name!r}: use letters, digits, '_', '.', '-' "
                               "(it becomes a folder, an MLflow experiment and a job name)")

@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from analysis.schema import SweepLayout
+from basis.data.synthetic import SyntheticConfig
 from basis.losses import LossConfig
 from basis.models.rsis import ModelConfig
+from basis.pretrain import PretrainConfig
 from basis.train import TrainConfig
 from jobs.config import DataConfig, digest
 
@@ -109,6 +111,11 @@ class StageFolder:
         return self.path / "model.pt"
 
     @property
+    def encoder(self) -> Path:
+        """A pretrain stage's encoder weights (`basis.pretrain.save_encoder`)."""
+        return self.path / "encoder.pt"
+
+    @property
     def image_scores(self) -> Path:
         return self.path / "image_scores.parquet"
 
@@ -141,10 +148,15 @@ class StageSpec:
 
     kind: ClassVar[str] = "stage"
 
-    def inputs(self) -> tuple["StageSpec", ...]:
-        """The stages this one reads (their folders must be DONE first)."""
-        return tuple(v for v in (getattr(self, f.name) for f in dataclasses.fields(self))
-                     if isinstance(v, StageSpec))
+    def inputs(self) -> dict[str, "StageSpec"]:
+        """The stages this one reads, by name (their folders must be DONE first): its
+        spec fields, and the pretrain stage of the recipe it trains with."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+               if isinstance(getattr(self, f.name), StageSpec)}
+        recipe = getattr(self, "recipe", None)
+        if isinstance(recipe, Recipe) and recipe.pretrain is not None:
+            out["pretrain"] = recipe.pretrain
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         """The spec as JSON-able data (``config.json``; what the address hashes)."""
@@ -189,15 +201,29 @@ def _flatten(prefix: str, value: Any) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
+class PretrainSpec(StageSpec):
+    """Per sweep: the encoder pretrained on a large synthetic set disjoint from the
+    study's data (`basis.pretrain`), the stand-in for ImageNet weights. Shared by every
+    seed and trial whose config has ``model.encoder_weights: pretrain``."""
+
+    kind: ClassVar[str] = "pretrain"
+    pretrain: PretrainConfig
+    synthetic: SyntheticConfig       # the study's image size, generator and classes
+    backbone: str
+
+
+@dataclass(frozen=True)
 class Recipe:
     """How a network of a trial is trained: its data, model, training, loss and seed
-    (``train.seed`` is the trial's seed)."""
+    (``train.seed`` is the trial's seed), and the pretrain stage its encoder starts
+    from (None: ``model.encoder_weights`` as given, a path or random)."""
 
     data: DataConfig
     model: ModelConfig
     train: TrainConfig
     loss: LossConfig
     seed: int
+    pretrain: PretrainSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -247,3 +273,13 @@ class SegmentSpec(StageSpec):
     @property
     def annotate(self) -> AnnotateSpec:
         return self.pseudo.annotate
+
+
+@dataclass(frozen=True)
+class ControlSpec(StageSpec):
+    """Tables 5/7's control: plain RSIS trained on the strong images ``train_ids``
+    alone (the same N and selection as the segmentation network, no pseudo-labels)."""
+
+    kind: ClassVar[str] = "control"
+    recipe: Recipe
+    train_ids: tuple[int, ...]

@@ -24,7 +24,9 @@ from hpc import atomic, distributed
 from jobs.data import splits as data_splits
 from jobs.specs import (
     AnnotateSpec,
+    ControlSpec,
     InitSpec,
+    PretrainSpec,
     PseudoSpec,
     Recipe,
     ScoreSpec,
@@ -151,7 +153,7 @@ class StageJob(Generic[S]):
         from basis.train import train
 
         torch.manual_seed(recipe.seed)
-        model = RSIS(model_cfg or recipe.model)
+        model = RSIS(self.start_from(recipe, model_cfg or recipe.model))
         ckpt = self.folder.ckpt
         state = torch.load(ckpt, weights_only=False) if ckpt.exists() else None
         if state is not None:
@@ -162,6 +164,14 @@ class StageJob(Generic[S]):
         result = train(model, pool.subset(sorted(ids)), tcfg, recipe.loss,
                        hooks=hooks, state=state, progress=False)
         return result.model
+
+    def start_from(self, recipe: Recipe, model_cfg: ModelConfig) -> ModelConfig:
+        """The model config a fresh network is built from: ``encoder_weights: pretrain``
+        becomes the pretrain stage's encoder file."""
+        if recipe.pretrain is None:
+            return model_cfg
+        return dataclasses.replace(model_cfg,
+                                   encoder_weights=str(self.input("pretrain").encoder))
 
     def evaluate(self, recipe: Recipe, model: Any, test: Any, keep: list[Any] | None = None
                  ) -> dict[str, float | None]:
@@ -194,7 +204,8 @@ class StageJob(Generic[S]):
 
         from basis.models.rsis import RSIS
 
-        model = RSIS(model_cfg)
+        # the whole network's weights follow: no encoder file to start from
+        model = RSIS(dataclasses.replace(model_cfg, encoder_weights=None))
         model.load_state_dict(torch.load(folder.model, weights_only=True))
         return model.eval()
 
@@ -212,6 +223,29 @@ def _unmask_exit(fn: Any, *args: Any) -> Any:
                 raise cause from None
             cause = cause.__context__
         raise
+
+
+class PretrainStage(StageJob[PretrainSpec]):
+    """Per sweep: pretrain the encoder on the disjoint synthetic set; write
+    ``encoder.pt`` (loadable as ``model.encoder_weights``)."""
+
+    def run(self, env: distributed.DistEnv) -> dict[str, Any]:
+        import torch
+
+        from basis.pretrain import pretrain_data, pretrain_encoder, save_encoder
+
+        spec = self.spec
+        data = pretrain_data(spec.synthetic, spec.pretrain)
+        ckpt = self.folder.ckpt
+        state = torch.load(ckpt, weights_only=False) if ckpt.exists() else None
+        hooks = [MetricsFile(self.folder.metrics, self.kind),
+                 Checkpointer(ckpt)] if env.is_rank0 else []
+        model_cfg = ModelConfig(backbone=spec.backbone, n_classes=spec.synthetic.n_classes)
+        result = pretrain_encoder(model_cfg, data, spec.pretrain, hooks=hooks, state=state)
+        if not env.is_rank0:
+            return {}
+        atomic.torch_save(save_encoder(result), self.folder.encoder)
+        return {"n_images": len(data), **{k: float(v) for k, v in result.metrics.items()}}
 
 
 class InitStage(StageJob[InitSpec]):
@@ -337,6 +371,21 @@ class SegmentStage(StageJob[SegmentSpec]):
                 **self.evaluate(recipe, model, test)}
 
 
+class ControlStage(StageJob[ControlSpec]):
+    """Tables 5/7's control: plain RSIS on the strong images alone, evaluated like the
+    segmentation network."""
+
+    def run(self, env: distributed.DistEnv) -> dict[str, Any]:
+        recipe = self.spec.recipe
+        pool, test = self.datasets(recipe)
+        ids = [int(i) for i in self.spec.train_ids]
+        model_cfg = dataclasses.replace(recipe.model, weak=False, iou_head=False)
+        model = self.train(env, recipe, ids, pool, model_cfg)
+        if not env.is_rank0:
+            return {}
+        return {"n_train": len(ids), **self.evaluate(recipe, model, test)}
+
+
 class _Indexed:
     """Adapter giving a dataset the ``subset(ids)`` of positions `StageJob.train` uses."""
 
@@ -349,16 +398,16 @@ class _Indexed:
 
 #: The job class of each stage kind.
 JOBS: dict[type[StageSpec], type[StageJob[Any]]] = {
-    InitSpec: InitStage, ScoreSpec: ScoreStage, AnnotateSpec: AnnotateStage,
-    PseudoSpec: PseudoStage, SegmentSpec: SegmentStage,
+    PretrainSpec: PretrainStage, InitSpec: InitStage, ScoreSpec: ScoreStage,
+    AnnotateSpec: AnnotateStage, PseudoSpec: PseudoStage, SegmentSpec: SegmentStage,
+    ControlSpec: ControlStage,
 }
 
 
 def job_for(spec: StageSpec, folder: StageFolder) -> StageJob[Any]:
     """The submitit job that computes ``spec`` into ``folder`` (`jobs.dag.JobFactory`),
     with the folders of its inputs resolved here, in the driver."""
-    inputs = {f.name: folder.of(getattr(spec, f.name)) for f in dataclasses.fields(spec)
-              if isinstance(getattr(spec, f.name), StageSpec)}
+    inputs = {name: folder.of(inp) for name, inp in spec.inputs().items()}
     return JOBS[type(spec)](spec, folder, inputs)
 
 

@@ -200,11 +200,29 @@ def submit_init_array(cfg: SweepConfig, profile: ClusterProfile, sweep_dir: Path
     from jobs.stages import job_for
     from jobs.trial import init_spec, job_name
 
+    ensure_pretrain(cfg, profile, sweep_dir)   # every init stage starts from it
     specs = {t.seed: init_spec(cfg, t) for t in cfg.trials()}
     return dag.submit_array(
         sweep_dir, list(specs.values()), job_for,
         lambda folder: make_executor(profile, folder, name=job_name(cfg, "init"),
                                      stage="init"))
+
+
+def ensure_pretrain(cfg: SweepConfig, profile: ClusterProfile, sweep_dir: Path) -> None:
+    """Compute the sweep's pretrain stage now (the driver waits), when the config starts
+    from it: the init stages submitted next as one array need its encoder."""
+    from hpc.profiles import make_executor
+    from jobs import dag
+    from jobs.stages import job_for
+    from jobs.trial import job_name, pretrain_spec
+
+    spec = pretrain_spec(cfg)
+    if spec is None or spec.folder(sweep_dir).is_done():
+        return
+    log.info("pretraining the encoder once for the sweep (stage %s)", spec.dirname)
+    dag.ensure(sweep_dir, spec, job_for,
+               lambda folder: make_executor(profile, folder, name=job_name(cfg, spec.kind),
+                                            stage=spec.kind), retries=profile.retries)
 
 
 def end_sweep(sweep_dir: Path, meta: dict[str, Any], status: str) -> None:

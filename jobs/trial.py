@@ -25,7 +25,9 @@ from jobs.config import SweepConfig, TrialConfig
 from jobs.events import TrialObserver, TrialOutcome
 from jobs.specs import (
     AnnotateSpec,
+    ControlSpec,
     InitSpec,
+    PretrainSpec,
     PseudoSpec,
     Recipe,
     ScoreSpec,
@@ -54,9 +56,17 @@ class SweepContext:
     code: str = ""                   # the driver's code fingerprint (`jobs.specs`)
 
 
+def pretrain_spec(cfg: SweepConfig) -> PretrainSpec | None:
+    """The sweep's pretrain stage, shared by every seed and trial (None: the config
+    gives its encoder weights itself, or none)."""
+    if not cfg.uses_pretrain():
+        return None
+    return PretrainSpec(cfg.pretrain, cfg.data.synthetic, cfg.model.backbone)
+
+
 def recipe(cfg: SweepConfig, seed: int) -> Recipe:
     """How the networks of a seed are trained under ``cfg``."""
-    return Recipe(cfg.data, cfg.model, cfg.train, cfg.loss, int(seed))
+    return Recipe(cfg.data, cfg.model, cfg.train, cfg.loss, int(seed), pretrain_spec(cfg))
 
 
 def init_spec(cfg: SweepConfig, trial: TrialConfig) -> InitSpec:
@@ -231,11 +241,15 @@ def _stages(runner: TrialRunner, cfg: SweepConfig, own: SweepConfig, trial: Tria
     """The trial's stages, in order; fills the outcome's row, metrics and artifacts."""
     row, metrics = outcome.row, outcome.metrics
     budget_s = _budget(cfg, trial)
-    init = runner.stage(init_spec(cfg, trial))
-    score = runner.stage(ScoreSpec(init.spec))   # type: ignore[arg-type]
+    i_spec = init_spec(cfg, trial)
+    if i_spec.recipe.pretrain is not None:     # computed once per sweep, shared by all
+        runner.stage(i_spec.recipe.pretrain)
+    init = runner.stage(i_spec)
+    score = runner.stage(ScoreSpec(i_spec))
     init_ids, selected = select_images(score.folder, trial)
     runner.selected(selected)
-    ann = runner.stage(AnnotateSpec(recipe(own, trial.seed), tuple(sorted(init_ids + selected))))
+    a_spec = AnnotateSpec(recipe(own, trial.seed), tuple(sorted(init_ids + selected)))
+    ann = runner.stage(a_spec)
     row.update(ap50=ann.result["ap50"], mae=ann.result["mae"], budget_s=budget_s,
                budget_days=budget_s / 86400.0, log_path=str(ann.dir))
     metrics.update(ap50=row["ap50"], mae=row["mae"], init_ap50=init.result["ap50"],
@@ -243,14 +257,18 @@ def _stages(runner: TrialRunner, cfg: SweepConfig, own: SweepConfig, trial: Tria
     outcome.artifacts += [score.folder.image_scores, ann.folder.qualitative]
     if trial.pool_fraction is None:
         return
-    pseudo = runner.stage(PseudoSpec(ann.spec))   # type: ignore[arg-type]
+    p_spec = PseudoSpec(a_spec)
+    pseudo = runner.stage(p_spec)
     n_pseudo = round(trial.pool_fraction * cfg.data.n_additional)
-    seg = runner.stage(SegmentSpec(pseudo.spec, n_pseudo))   # type: ignore[arg-type]
+    seg = runner.stage(SegmentSpec(p_spec, n_pseudo))
     seg_s = _budget(cfg, trial, n_additional=n_pseudo)
     row.update(seg_ap50=seg.result["ap50"], seg_budget_s=seg_s,
                seg_budget_days=seg_s / 86400.0, log_path=str(seg.dir))
     metrics.update(seg_ap50=row["seg_ap50"], pseudo_iou=pseudo.result["pseudo_iou"],
                    seg_budget_days=row["seg_budget_days"])
+    if cfg.study.control:   # the same strong images, no pseudo-labels: shared by fractions
+        ctl = runner.stage(ControlSpec(a_spec.recipe, a_spec.train_ids))
+        row["ctl_ap50"] = metrics["ctl_ap50"] = ctl.result["ap50"]
 
 
 def job_name(cfg: SweepConfig, kind: str) -> str:

@@ -68,6 +68,27 @@ def test_table5_golden(sweep):
     assert "(N=40: β=0.3, N=80: β=0.6)" in text
 
 
+def test_table5_shows_the_strong_only_control_when_the_sweep_ran_it(sweep):
+    import pyarrow.parquet as pq
+
+    from analysis.schema import to_table
+
+    # give the pool-fraction-1 segmenting trials a control AP: the annotation AP − 0.05
+    for path in (sweep / "results" / "trials").rglob("*.parquet"):
+        row = pq.read_table(path).to_pylist()[0]
+        if row["seg_ap50"] is not None and row["pool_fraction"] is None:
+            row["ctl_ap50"] = row["ap50"] - 0.05
+            row["mode"] = path.parent.name.split("=")[1]
+            pq.write_table(to_table("trials", [row]).drop_columns(["mode"]), path)
+    text = render(sweep, table=5)
+    assert body(text)[0] == ("| Selection | Annotation network |  | Segmentation network |  "
+                             "| Strong-only RSIS |  |")
+    assert body(text)[3] == (f"| Random (W-RSIS) | 15.0 {STD} | 35.0 {STD} | 35.0 {STD} "
+                             f"| 55.0 {STD} | 10.0 {STD} | 30.0 {STD} |")
+    assert "strong-only RSIS = " in text
+    assert "Strong-only" not in render(sweep, table=6)     # no cost of its own
+
+
 def test_table6_golden(sweep):
     assert body(render(sweep, table=6))[2:] == [
         "| | 40 | 80 | 40 | 80 |",

@@ -187,6 +187,6 @@ def test_nested_specs_address_their_inputs(tmp_path):
     i0, i1 = init_spec(cfg, t0), init_spec(cfg, t1)
     assert i0 == i1                             # same seed: one init stage for every N
     score = ScoreSpec(i0)
-    assert score.inputs() == (i0,)
+    assert score.inputs() == {"init": i0}
     assert score.flat()["init"] == i0.dirname
     assert score.folder(tmp_path).of(i0) == i0.folder(tmp_path)

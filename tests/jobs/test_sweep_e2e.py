@@ -184,9 +184,12 @@ def test_segmentation_network_on_strong_and_pseudo_labels(tmp_path):
     # the budget grows by the IL+C labels of the pseudo-labelled images: 8 more × 22.22 s
     extra = trials["seg_budget_s"].diff().iloc[-1]
     assert extra == pytest.approx(8 * 22.22, abs=0.01)
-    # one pseudo stage shared by both fractions, one segment stage each
+    # one pseudo stage and one strong-only control shared by both fractions, one segment
+    # stage each
     kinds = sorted(p.parent.name.split("-")[0] for p in (sweep / "stages").glob("*/DONE"))
-    assert kinds == ["annotate", "init", "pseudo", "score", "segment", "segment"]
+    assert kinds == ["annotate", "control", "init", "pseudo", "score", "segment", "segment"]
+    control = json.loads(next((sweep / "stages").glob("control-*/result.json")).read_text())
+    assert control["n_train"] == 20 and trials["ctl_ap50"].tolist() == [control["ap50"]] * 2
     pseudo = json.loads(next((sweep / "stages").glob("pseudo-*/result.json")).read_text())
     assert pseudo["n_images"] == 16
     # images whose pseudo-masks are all empty are left out (after 2 epochs most are)
@@ -194,3 +197,7 @@ def test_segmentation_network_on_strong_and_pseudo_labels(tmp_path):
     n_pseudo = [json.loads((Path(d) / "result.json").read_text())["n_pseudo"] for d in seg_dirs]
     assert n_pseudo[0] <= 8 and n_pseudo[1] <= 16 and n_pseudo[0] <= n_pseudo[1]
     assert "Segmentation network" in render(sweep, table=5)
+    assert "Strong-only RSIS" in render(sweep, table=5)
+    seg = json.loads((Path(seg_dirs[1]) / "result.json").read_text())
+    assert seg["pseudo_images"] == 16 and seg["pseudo_kept"] == seg["n_pseudo"]
+    assert seg["pseudo_left_out"] == 16 - seg["n_pseudo"]      # none dropped silently
