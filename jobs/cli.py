@@ -112,8 +112,10 @@ def _regime(args: argparse.Namespace) -> int:
     print(f"basis: regime of {cfg.name!r}: pretrain/init/score stages of seeds {seeds} on "
           f"profile {profile.name!r}, folder {sweep_dir} (a sweep there reuses them)",
           file=sys.stderr, flush=True)
-    regime.run(cfg, profile, sweep_dir, seeds, force=args.force,
-               emit=lambda rec: print(json.dumps(rec), flush=True))
+    records = regime.run(cfg, profile, sweep_dir, seeds, force=args.force,
+                         emit=lambda rec: print(json.dumps(rec), flush=True))
+    if args.markdown:
+        print(regime.markdown(records), end="")
     print(f"basis: every run is appended to {sweep_dir / 'regime.jsonl'}", file=sys.stderr)
     return 0
 
@@ -270,6 +272,8 @@ def parser() -> argparse.ArgumentParser:
                     "`basis sweep` of the config would put it)")
     gp.add_argument("--force", action="store_true",
                     help="run into a sweep folder that holds another config")
+    gp.add_argument("--markdown", action="store_true",
+                    help="also print the seeds and the targets as a Markdown table")
     gp.set_defaults(func=_regime)
 
     tp = sub.add_parser("tables", help="print a paper-shaped table from a sweep's Parquet files")

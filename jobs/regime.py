@@ -150,6 +150,31 @@ def run(cfg: SweepConfig, profile: ClusterProfile, sweep_dir: Path,
     return [*rows, total]
 
 
+def markdown(records: list[dict[str, Any]]) -> str:
+    """A regime run (`run`'s records: per seed, then the summary) as a Markdown table,
+    with each target and whether every seed meets it."""
+    rows = [r for r in records if not r.get("summary")]
+    total = next((r for r in records if r.get("summary")), None) or summary(rows)
+    cols = [("init_ap50", "init AP@0.5 ×100", 1), ("pool_iou_mean", "pool IoU mean", 3),
+            ("pool_iou_std", "pool IoU std", 3), ("score_mean", "score mean", 3),
+            ("score_std", "score std", 3), ("pearson_r", "r", 2), ("mae", "MAE", 3),
+            ("mae_mean_predictor", "MAE of the mean", 3), ("mae_ratio", "MAE ratio", 2)]
+
+    def num(v: Any, digits: int) -> str:
+        return "–" if v is None or v != v else f"{v:.{digits}f}"
+
+    lines = ["| seed | " + " | ".join(c[1] for c in cols) + " |",
+             "|---|" + "---|" * len(cols)]
+    lines += [f"| {r['seed']} | " + " | ".join(num(r.get(k), d) for k, _, d in cols) + " |"
+              for r in rows]
+    lines.append("| mean | " + " | ".join(num(total.get(k), d) for k, _, d in cols) + " |")
+    targets = total.get("targets", {})
+    lines.append("| target | " + " | ".join(
+        (targets[k]["target"] + (" ✓" if targets[k]["every_seed_meets"] else " ✗"))
+        if k in targets else "" for k, _, _ in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def finite(rec: dict[str, Any]) -> dict[str, Any]:
     """The record with NaN/inf as None (JSON null): strict JSON readers refuse NaN."""
     def fix(v: Any) -> Any:

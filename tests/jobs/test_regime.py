@@ -10,7 +10,7 @@ import pytest
 
 from analysis.schema import to_table
 from jobs import dag
-from jobs.regime import TARGETS, Target, seed_metrics, summary
+from jobs.regime import TARGETS, Target, markdown, seed_metrics, summary
 from jobs.specs import StageFolder
 
 
@@ -55,6 +55,9 @@ def test_summary_checks_every_target_on_every_seed():
     assert s["pearson_r"] == pytest.approx(0.5)
     assert set(s["targets"]) == set(TARGETS)
     assert not Target(0.5, None).holds(float("nan"))
+    table = markdown([good, bad, s]).splitlines()
+    assert table[2].startswith("| 0 | 20.0 | 0.400 | 0.200 |") and table[-2].startswith("| mean")
+    assert "≥ 0.5 ✗" in table[-1] and "in [15, 35] ✓" in table[-1]
 
 
 @pytest.mark.slow
