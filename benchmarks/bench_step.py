@@ -14,6 +14,7 @@ is the scaling efficiency). On a machine without CUDA those are skipped with a l
     python benchmarks/bench_step.py                 # 64 and 128 px, batch 8
     python benchmarks/bench_step.py --tiny          # seconds (CI smoke)
     python benchmarks/bench_step.py --cuda-variants # on a GPU node
+    python benchmarks/bench_step.py --threads 1     # steadier on a machine shared with other work
 """
 from __future__ import annotations
 
@@ -225,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--cuda-variants", action="store_true",
                     help="on CUDA: fp32 vs bf16+channels_last, DDP 1 vs all GPUs")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch intra-op threads (default: torch's, one per core)")
     ap.add_argument("--ddp-cpu", type=int, default=0, metavar="N",
                     help="(checks the DDP code path without a GPU) gloo DDP, 1 vs N CPU processes")
     args = ap.parse_args(argv)
@@ -233,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     repeats = args.repeats or (2 if args.tiny else 5)
     hidden = 16 if args.tiny else args.hidden
     batch = 4 if args.tiny else args.batch
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     print(machine_line(str(device)))
     print(f"setup: IoU-W-RSIS resnet18 H={hidden}, batch {batch}, {steps} steps x {repeats} "

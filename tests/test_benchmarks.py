@@ -48,3 +48,11 @@ def test_sweep_overhead_benchmark_on_local_slurm(slurm_cluster):
     out = run_script("bench_sweep_overhead.py", timeout=900)
     assert "ratio sweep_vs_bare_submitit = " in out, out
     assert re.search(r"= -?[0-9.]+ s per job", out), out
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_throughput_benchmark_on_local_slurm(slurm_cluster):
+    out = run_script("bench_throughput.py", timeout=900)
+    assert "ratio study_throughput_local-slurm = " in out, out
+    assert re.search(r"\d+ jobs x \d+ task\(s\) x \d+ thread\(s\): +[0-9.]+ img/s", out), out
