@@ -5,7 +5,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.basis-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test study venv slurm-up slurm-down clean-runs
+.PHONY: demo test study venv slurm-up slurm-down chromium-up clean-runs
 
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,7 +31,16 @@ slurm-up:
 slurm-down:
 	bash slurm/local/stop.sh
 
-test: venv slurm-up
+# Installs the headless Chromium of the MLflow UI test (tests/jobs/test_ui_browser.py)
+# when /usr/bin/chromium is missing. Under BASIS_REQUIRE_SLURM=1 (CI) a failed install is
+# an error; otherwise that test is skipped.
+chromium-up:
+	@if bash tests/browser/install_chromium.sh; then :; \
+	elif [ "$${BASIS_REQUIRE_SLURM:-0}" = 1 ]; then \
+	  echo "basis: Chromium is required but could not be installed (see above)"; exit 1; \
+	else echo "basis: no Chromium; the MLflow UI browser test will be skipped"; fi
+
+test: venv slurm-up chromium-up
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The scaled-down synthetic study (issue 8): about an hour on 2 cores through the local

@@ -20,7 +20,9 @@ TRIALS = pa.schema([
     pa.field("N", pa.int64()),               # strongly annotated images in total
     pa.field("beta", pa.float64()),          # target IoU score; null for random
     pa.field("seed", pa.int64()),
-    pa.field("mode", pa.string()),           # predicted | oracle | random (partition)
+    pa.field("mode", pa.string()),           # predicted | oracle | random, or a baseline of
+                                             # study.strategies (lowest, entropy, coreset …)
+                                             # (partition)
     pa.field("n_init", pa.int64()),
     pa.field("status", pa.string()),         # a `Status`: COMPLETED | FAILED | CANCELLED
     pa.field("error", pa.string()),
@@ -44,6 +46,7 @@ TRIALS = pa.schema([
     pa.field("seg_budget_days", pa.float64()),
     pa.field("ctl_ap50", pa.float64()),        # AP@0.5 of plain RSIS on the strong images
                                                # alone (Tables 5/7's control), [0, 1]
+    pa.field("code", pa.string()),             # fingerprint of the code that ran the trial
 ])
 
 #: One row per pool image of an init stage: what selection works from (Fig. 5).
@@ -55,6 +58,27 @@ IMAGE_SCORES = pa.schema([
     pa.field("n_objects", pa.int64()),
     pa.field("mean_object_area", pa.float64()),
     pa.field("in_init", pa.bool_()),
+    # Uncertainties of the initial network (acquisition baselines; null in a file written
+    # before they were computed): averaged over the image's emitted decoder steps
+    pa.field("entropy", pa.float64()),           # class entropy, nats, [0, log C]
+    pa.field("least_confidence", pa.float64()),  # 1 − max class probability, [0, 1 − 1/C]
+    pa.field("mask_entropy", pa.float64()),      # binary entropy of σ(mask logit), [0, log 2]
+])
+
+#: ``basis select``: one row per image of a user's pool in a labelling round (its
+#: ``image_scores.parquet``), not a sweep table.
+SELECT_SCORES = pa.schema([
+    pa.field("image_id", pa.int64()),        # the pool's own COCO image id
+    pa.field("file_name", pa.string()),
+    pa.field("round", pa.int64()),
+    pa.field("score_pred", pa.float64()),    # Eq. 2 over predicted IoUs
+    pa.field("iou_true", pa.float64()),      # oracle image IoU (null: the pool has no masks)
+    pa.field("n_objects", pa.int64()),       # masks the network predicted
+    pa.field("n_weak", pa.int64()),          # instances by the IL+C counts (null: none)
+    pa.field("expected_s", pa.float64()),    # Table-1 seconds to label it with masks
+    pa.field("labelled", pa.bool_()),        # labelled before this round (never selected)
+    pa.field("selected", pa.bool_()),
+    pa.field("rank", pa.int64()),            # 1 = first pick; null if not selected
 ])
 
 #: One row per selected image of a trial.
@@ -181,3 +205,17 @@ class SweepLayout:
     @property
     def report(self) -> Path:
         return self.root / "report"
+
+    @property
+    def driver_pid(self) -> Path:
+        """The pid of a detached local driver (``basis sweep --detach``)."""
+        return self.root / "driver.pid"
+
+    @property
+    def driver_job(self) -> Path:
+        """The Slurm job id of a detached driver on a Slurm profile."""
+        return self.root / "driver.job"
+
+    @property
+    def driver_log(self) -> Path:
+        return self.root / "driver.log"

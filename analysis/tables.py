@@ -3,7 +3,9 @@
 * Table 2: MAE ×100 of the predicted image IoU score, rows the IoU-branch schedule
   (``joint``, ``freeze``, ``freeze + sqrt`` …), columns N; lowest per column in bold.
 * Table 3 (oracle) and Table 4 (predicted): AP@0.5 ×100, rows "Random subset" and
-  each β, columns N; the best mean of each column in bold.
+  each β, then one row per acquisition baseline the sweep ran (``study.strategies``,
+  each its own ``mode`` value; ``band`` one row per β), columns N; the best mean of
+  each column in bold.
 * Tables 5 and 7: AP@0.5 ×100 of the annotation and the segmentation network (and,
   when the sweep ran it, the strong-only RSIS control), rows random vs mask-guided
   selection, column groups network × N. Table 5 is the sweep's
@@ -40,6 +42,14 @@ TABLE_MODES = {3: "oracle", 4: "predicted"}
 NUMBERS = (2, 3, 4, 5, 6, 7, 8)
 FORMATS = ("md", "latex", "csv")
 SCHEDULE_ORDER = ("joint", "freeze")
+#: The acquisition baselines (trial ``mode`` values of ``study.strategies``) → their row
+#: label in Tables 3/4, in row order; a mode not listed here follows under its own name.
+BASELINES = {
+    "lowest": "Lowest score", "highest": "Highest score", "band": "Band",
+    "stratified": "Stratified", "entropy": "Class entropy",
+    "least_confidence": "Least confidence", "mask_entropy": "Mask entropy",
+    "coreset": "Core-set (k-center)",
+}
 
 
 @dataclass
@@ -162,7 +172,8 @@ def selection(trials: pd.DataFrame, mode: str = "predicted", metric: str = "ap50
     if trials.empty:
         raise ValueError("no trials in the results yet")
     trials = annotation_trials(trials)
-    if not (trials["mode"] == mode).any():
+    baselines = _baselines(trials)
+    if not (trials["mode"] == mode).any() and not baselines:
         return Table(number, title, absent=f"{title}: no {mode} trials in this sweep.")
     ok = _ok(trials)
     n_seeds = len(_seeds(trials))
@@ -171,12 +182,26 @@ def selection(trials: pd.DataFrame, mode: str = "predicted", metric: str = "ap50
     sel = ok[ok["mode"] == mode]
     betas = sorted(trials.loc[trials["mode"] == mode, "beta"].dropna().unique())
     groups += [(f"β = {b:.1f}", sel[sel["beta"] == b]) for b in betas]
+    for base in baselines:   # like the random row: one per strategy (band: per β)
+        label = BASELINES.get(base, base)
+        part, done = trials[trials["mode"] == base], ok[ok["mode"] == base]
+        base_betas = sorted(part["beta"].dropna().unique())
+        groups += ([(f"{label}, β = {b:.1f}", done[done["beta"] == b]) for b in base_betas]
+                   or [(label, done)])
     rows = [(label, [_cell(df.loc[df["N"] == n, metric], n_seeds, scale) for n in ns])
             for label, df in groups]
     _mark_best(rows)
     note = (f"{title}: {metric} ×{scale:g}, mean ± std (ddof=1) over {_seed_note(trials)}; "
             f"best per column in bold{_failed_note(trials)}")
     return Table(number, title, note, [str(n) for n in ns], rows)
+
+
+def _baselines(trials: pd.DataFrame) -> list[str]:
+    """The acquisition-baseline modes of ``trials``, in `BASELINES` order (others after,
+    by name): every mode but random, predicted and oracle."""
+    modes = set(trials["mode"].dropna()) - {"random", "predicted", "oracle"}
+    order = list(BASELINES)
+    return sorted(modes, key=lambda m: (order.index(m) if m in order else len(order), m))
 
 
 def selection_table(trials: pd.DataFrame, mode: str = "predicted", metric: str = "ap50",

@@ -177,3 +177,27 @@ def segmentation_budget(n_strong: int, n_additional_weak: int, selection: str,
     base = annotation_budget(n_strong, selection, pool_size, costs)
     n_weak = base.n_weak + n_additional_weak
     return Budget(n_strong, n_weak, budget_seconds(n_strong, n_weak, costs))
+
+
+def images_for_days(days: float, costs: AnnotationCosts = AnnotationCosts()) -> int:
+    """How many images ``days`` annotator-days of mask drawing buy: ⌊D · 86 400 / t_full⌋
+    (the IL+C labels the selection needs are counted apart, see `annotation_budget`).
+
+    Raises:
+        ValueError: ``days`` is not a finite number > 0.
+    """
+    if isinstance(days, bool) or not isinstance(days, (int, float)) or not days > 0 \
+            or days == float("inf"):
+        raise ValueError(f"days must be a finite number > 0, got {days!r}")
+    # a hair of tolerance: 1 day at t_full = 86 400 / k must buy k images, not k - 1
+    return int(days * SECONDS_PER_DAY / costs.t_full * (1 + 1e-12))
+
+
+def image_seconds(n_objects: int, n_classes_present: int,
+                  costs: AnnotationCosts = AnnotationCosts()) -> float:
+    """Table 1's t_full for one image of known content: verify the classes it does not
+    hold, draw a mask per object: (C − c) · s_verify + k · s_mask."""
+    _check_count("n_objects", n_objects)
+    _check_count("n_classes_present", n_classes_present)
+    absent = max(costs.n_classes - n_classes_present, 0)
+    return absent * costs.s_verify_class + n_objects * costs.s_mask

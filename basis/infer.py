@@ -23,6 +23,11 @@ Plain RSIS runs ``max_steps`` steps and is read by one of two rules
 
 `ImagePrediction.steps` records the step each detection comes from, so image-level
 scores (Eq. 2) count each mask once.
+
+The same forward pass also gives each image its uncertainties (`step_uncertainties`,
+``ImagePrediction.extras``: the acquisition baselines of `basis.selection.UNCERTAINTIES`),
+averaged over the steps it emits, and optionally the encoder's pooled features
+(``with_features``, the core-set baseline).
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ from typing import Sequence
 import numpy as np
 import pycocotools.mask as mask_utils
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from basis.data.synthetic import collate
@@ -208,13 +214,48 @@ def rsis_detections(class_prob: torch.Tensor, stop_prob: torch.Tensor, masks: to
     return steps, cls + 1, scores[steps, cls]
 
 
+def step_uncertainties(out: RSISOutput) -> dict[str, torch.Tensor]:
+    """Per-step uncertainties of a batch (the keys of `basis.selection.UNCERTAINTIES`).
+
+    The class head's end-of-sequence logit is left out and the softmax taken over the C
+    object classes, so entropy is in [0, log C] and least confidence in [0, 1 − 1/C].
+    Mask entropy is the binary entropy (nats) of σ(mask logit), in [0, log 2], averaged
+    over the pixels of each step's mask.
+
+    Args:
+        out: the float32 network output, mask_logits (B, T, H, W), class_logits
+            (B, T, C+1).
+
+    Returns:
+        name → (B, T) float32.
+    """
+    logp = torch.log_softmax(out.class_logits[..., 1:], -1)                  # (B, T, C)
+    prob = logp.exp()
+    x = out.mask_logits
+    # H(σ(x)) = softplus(x) − x·σ(x), stable for large |x|
+    mask_h = (F.softplus(x) - x * torch.sigmoid(x)).clamp(min=0).mean((-2, -1))
+    return {"entropy": (-(prob * logp).sum(-1)).clamp(min=0),
+            "least_confidence": 1.0 - prob.amax(-1), "mask_entropy": mask_h}
+
+
+def image_uncertainties(per_step: dict[str, torch.Tensor], b: int, steps: Sequence[int]
+                        ) -> dict[str, float]:
+    """Image ``b``'s uncertainties: each `step_uncertainties` value averaged over the
+    distinct steps it emits (``steps``); 0.0 for an image that emits none."""
+    uniq = sorted({int(t) for t in steps})
+    if not uniq:
+        return {k: 0.0 for k in per_step}
+    return {k: float(v[b, uniq].mean()) for k, v in per_step.items()}
+
+
 @torch.no_grad()
 def predict(model: RSIS, dataset: Dataset, batch_size: int = 16,
             device: str | torch.device = "cpu", loss_cfg: LossConfig = LossConfig(),
             with_iou_true: bool = True, num_workers: int = 0, amp: str = "none",
             channels_last: bool = False, *, inference: str | None = None,
             stop_th: float = RSIS_STOP_TH, min_area: float = RSIS_MIN_AREA,
-            min_score: float = 0.0, top_k: int | None = None) -> list[ImagePrediction]:
+            min_score: float = 0.0, top_k: int | None = None,
+            with_features: bool = False) -> list[ImagePrediction]:
     """Predict every image of ``dataset`` in order.
 
     Args:
@@ -235,9 +276,12 @@ def predict(model: RSIS, dataset: Dataset, batch_size: int = 16,
             None (default) takes ``model.cfg.inference``. Unused by W-RSIS.
         stop_th, min_area, min_score, top_k: the "rsis" rule's thresholds
             (`rsis_detections`); the defaults are RSIS's.
+        with_features: also fill ``features``, the encoder's last feature map global-
+            average pooled, (F,) per image (captured by a forward hook: no extra pass).
 
     Returns:
-        One ImagePrediction per item, in dataset order, ``steps`` filled. ``iou_pred``
+        One ImagePrediction per item, in dataset order, ``steps`` and ``extras`` (the
+        image's uncertainties, `image_uncertainties`) filled. ``iou_pred``
         is in IoU space, one per detection (a mask's detections share it); ``iou_true``
         is per detection, from one same-class matching of all detections to the
         ground truth. `image_score_mae` of the result is the Table 2 metric.
@@ -261,11 +305,17 @@ def predict(model: RSIS, dataset: Dataset, batch_size: int = 16,
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, collate_fn=collate)
     preds: list[ImagePrediction] = []
+    pooled: list[torch.Tensor] = []
+    hook = model.encoder.register_forward_hook(
+        lambda _m, _i, maps: pooled.append(maps[-1].float().mean((2, 3)).cpu())
+    ) if with_features else None
     try:
         for batch in loader:
             images = batch["images"].to(device)
             class_seq = weak_class_sequence(batch["labels"]).to(device) if model.cfg.weak else None
             out = forward_for_inference(model, images, class_seq, amp, channels_last)
+            per_step = {k: v.cpu() for k, v in step_uncertainties(out).items()}
+            feats = pooled.pop() if hook is not None else None                # (B, F)
             cls_prob = torch.softmax(out.class_logits, -1).cpu()
             stop_prob = torch.sigmoid(out.stop_logits).cpu()
             iou_pred = iou_target_inverse(out.iou, loss_cfg.iou_target).cpu()
@@ -293,6 +343,8 @@ def predict(model: RSIS, dataset: Dataset, batch_size: int = 16,
                     scores=[float(x) for x in scores.tolist()],
                     iou_pred=[float(x) for x in iou_pred[b, steps].tolist()],
                     steps=[int(t) for t in steps.tolist()],
+                    extras=image_uncertainties(per_step, b, steps.tolist()),
+                    features=None if feats is None else [float(v) for v in feats[b].tolist()],
                 )
                 if with_iou_true:
                     pred.iou_true = [float(x) for x in match_true_iou(
@@ -300,5 +352,7 @@ def predict(model: RSIS, dataset: Dataset, batch_size: int = 16,
                         batch["ignore"][b])]
                 preds.append(pred)
     finally:
+        if hook is not None:
+            hook.remove()
         model.train(was_training)
     return preds

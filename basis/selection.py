@@ -14,6 +14,12 @@ study seeds it by (seed, N)), never on the image ids, and images that are not ti
 keep their order. Without an rng (``rng=None``, allowed where a strategy does not
 need one) ties fall to the image id, ascending.
 
+Two kinds of acquisition baseline work from other inputs than an IoU score: the
+uncertainty scores of the initial network (`UNCERTAINTIES`, computed by
+`basis.infer.predict`), which the study ranks with ``highest`` (most uncertain first),
+and the k-center greedy core-set (`k_center_greedy`, Sener & Savarese 2018) on the
+encoder's pooled features.
+
 Multi-round selection (active learning in several iterations) is built from three
 pieces: `plan_rounds` splits the N − n_init images to select into per-round sizes
 N'_1 … N'_R, `select_round` picks one round's images while excluding every image
@@ -125,6 +131,74 @@ STRATEGIES: dict[str, Strategy] = {
     "stratified": Strategy(_stratified, False, False,
                            "evenly over the score range: nearest image to n stratum centres"),
 }
+
+
+#: Per-image uncertainties of the initial network (`basis.infer.predict`,
+#: ``ImagePrediction.extras``); a baseline selects the highest (most uncertain) images.
+UNCERTAINTIES: dict[str, str] = {
+    "entropy": "mean class entropy over the emitted decoder steps (object classes)",
+    "least_confidence": "1 − max class probability, averaged over the emitted steps",
+    "mask_entropy": "binary entropy of σ(mask logit), averaged over pixels and masks",
+}
+
+
+def k_center_greedy(features: np.ndarray, ids: Sequence[int], centres: Collection[int], n: int,
+                    rng: np.random.Generator | None = None) -> list[int]:
+    """The k-center greedy core-set (Sener & Savarese 2018): ``n`` times, take the image
+    farthest (Euclidean) from its nearest centre and make it a centre.
+
+    Args:
+        features: (P, F) one feature vector per image of ``ids`` (e.g. the encoder's
+            global-average-pooled last feature map), finite.
+        ids: (P,) distinct image ids, the rows of ``features``.
+        centres: ids already chosen (the initial images); never selected. Ids that are
+            not in ``ids`` are ignored. Empty: the first pick is a tie among every
+            image, broken by ``rng``.
+        n: how many to pick, 0 ≤ n ≤ number of ids not in ``centres``.
+        rng: breaks ties among equally far images (module docstring); None: by id.
+
+    Returns:
+        n distinct ids, in pick order, none in ``centres``.
+
+    Raises:
+        ValueError: naming the offending argument.
+    """
+    x = np.asarray(features, dtype=np.float64)
+    ids_arr = np.asarray([int(i) for i in ids], dtype=np.int64)
+    if x.ndim != 2 or x.shape[0] != ids_arr.size:
+        raise ValueError(f"features must be (P, F) with P = len(ids) = {ids_arr.size}, "
+                         f"got shape {x.shape}")
+    if np.unique(ids_arr).size != ids_arr.size:
+        raise ValueError("ids must be distinct")
+    if not np.isfinite(x).all():
+        raise ValueError("features must be finite")
+    if rng is not None and not isinstance(rng, np.random.Generator):
+        raise ValueError(f"rng must be a numpy.random.Generator or None, got {type(rng).__name__}")
+    order = np.argsort(ids_arr)          # work in id order, so the tie keys match `select`
+    ids_arr, x = ids_arr[order], x[order]
+    is_centre = np.isin(ids_arr, np.asarray([int(i) for i in centres], dtype=np.int64))
+    n_free = int((~is_centre).sum())
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 0 <= n <= n_free:
+        raise ValueError(f"n must be an int in [0, {n_free}] (images not yet chosen), "
+                         f"got {n!r}")
+    tie = _tie_keys(ids_arr, rng)
+    nearest = np.full(ids_arr.size, np.inf)          # (P,) distance to the nearest centre
+
+    def add(k: np.ndarray) -> None:
+        for c in np.atleast_1d(k):
+            np.minimum(nearest, np.sqrt(((x - x[c]) ** 2).sum(1)), out=nearest)
+
+    add(np.nonzero(is_centre)[0])
+    taken = is_centre.copy()
+    chosen: list[int] = []
+    for _ in range(int(n)):
+        far = np.where(taken, -np.inf, np.round(nearest, _DECIMALS))
+        best = np.nonzero(far == far.max())[0]
+        k = best[np.argmin(tie[best])]
+        taken[k] = True
+        chosen.append(int(ids_arr[k]))
+        add(np.asarray(k))
+    return chosen
 
 
 def select(strategy: str, scores: Mapping[int, float], n: int, beta: float | None = None,

@@ -65,6 +65,10 @@ class ImagePrediction:
             (`basis.infer`) emits one detection per (mask, class), so several
             detections share a step and an RLE; image-level scores then count each
             mask once, through its `primary` detection.
+        extras: per-image uncertainties of the network, from the same forward pass
+            (`basis.selection.UNCERTAINTIES` → value; `basis.infer.predict`), or None.
+        features: the encoder's last feature map, global-average pooled, (F,) floats
+            (`predict(..., with_features=True)`; the core-set baseline), or None.
     """
 
     image_id: int
@@ -76,6 +80,8 @@ class ImagePrediction:
     iou_pred: list[float] = field(default_factory=list)
     iou_true: list[float] | None = None
     steps: list[int] | None = None
+    extras: dict[str, float] | None = None
+    features: list[float] | None = None
 
     def primary(self) -> list[int]:
         """Indices of one detection per predicted mask: the highest-scoring detection

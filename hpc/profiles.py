@@ -27,7 +27,7 @@ STAGE_KINDS = ("pretrain", "init", "score", "annotate", "pseudo", "segment", "se
                "control")
 #: The resource fields a ``stages.<kind>`` entry may override.
 STAGE_FIELDS = ("partition", "account", "qos", "nodes", "tasks_per_node", "gpus_per_node",
-                "cpus_per_task", "mem_gb", "timeout_min")
+                "cpus_per_task", "mem_gb", "timeout_min", "throughput_img_s")
 
 
 class ProfileError(ValueError):
@@ -58,6 +58,9 @@ class ClusterProfile:
     retries: int = 0                   # a failed stage job is submitted again this often
     job_arrays: bool = True            # same-shape stages go in one Slurm job array
     tracking_uri: str | None = None    # MLflow server (http://…); None: sqlite in the sweep
+    # training images per second of one job at throughput_px (dry-run estimates only)
+    throughput_img_s: float | None = None
+    throughput_px: int = 64
     setup: tuple[str, ...] = ()
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -93,6 +96,14 @@ class ClusterProfile:
             raise ProfileError(
                 f"profile {self.name}: tasks_per_node={self.tasks_per_node} > "
                 f"gpus_per_node={self.gpus_per_node}; DDP runs one task per GPU")
+        if self.throughput_img_s is not None and (
+                not isinstance(self.throughput_img_s, (int, float))
+                or isinstance(self.throughput_img_s, bool) or self.throughput_img_s <= 0):
+            raise ProfileError(f"profile {self.name}: throughput_img_s="
+                               f"{self.throughput_img_s!r}, must be a number > 0")
+        if not isinstance(self.throughput_px, int) or self.throughput_px < 1:
+            raise ProfileError(f"profile {self.name}: throughput_px={self.throughput_px!r}, "
+                               "must be an integer ≥ 1")
         if self.mem_gb is not None and (not isinstance(self.mem_gb, (int, float))
                                         or isinstance(self.mem_gb, bool) or self.mem_gb <= 0):
             raise ProfileError(f"profile {self.name}: mem_gb={self.mem_gb!r}, must be a "

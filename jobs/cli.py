@@ -17,6 +17,10 @@ examples:
   basis report runs/demo                             # runs/demo/report/report.{md,html}
   basis sweep configs/demo.yaml --detach             # return at once, driver runs on
   basis sweep --resume runs/demo                     # continue a sweep, skip what is done
+  basis sweep configs/demo.yaml --dry-run            # the plan and compute; submits nothing
+  basis sweep --resume runs/demo --reuse-stale       # keep stages older code computed
+  basis cancel runs/demo                             # stop it; --resume continues later
+  basis clean runs/demo --dry-run                    # what removing checkpoints frees
   basis status runs/demo                             # per-trial state and Slurm ids
   basis ui runs/demo                                 # MLflow UI for the sweep on 127.0.0.1
   basis regime configs/demo.yaml --seeds 0 1         # the initial network's regime only
@@ -54,18 +58,25 @@ def _sweep(args: argparse.Namespace) -> int:
         import dataclasses
 
         profile = dataclasses.replace(profile, retries=args.retries)
+    if args.dry_run:
+        from jobs import plan
+        from jobs.data import resolved
+
+        print(plan.build(resolved(cfg), profile, sweep_dir,
+                         reuse_stale=args.reuse_stale).render(), end="")
+        return 0
     print(f"basis: sweep {cfg.name!r}: {cfg.n_trials()} trials on profile {profile.name!r} "
           f"({profile.executor}), folder {sweep_dir}", flush=True)
     for line in cfg.warnings():
         print(f"basis: warning: {line}", file=sys.stderr, flush=True)
     if args.detach:
         where = sweep.detach(cfg, profile, sweep_dir, force=args.force,
-                             tracking_uri=args.tracking_uri)
+                             tracking_uri=args.tracking_uri, reuse_stale=args.reuse_stale)
         print(f"basis: the driver runs detached ({where}); follow it with: "
               f"basis status {sweep_dir}")
         return 0
     meta = sweep.run(cfg, profile, sweep_dir, force=args.force, verbose=args.verbose,
-                     tracking_uri=args.tracking_uri)
+                     tracking_uri=args.tracking_uri, reuse_stale=args.reuse_stale)
     from analysis.tables import render
 
     for mode in cfg.study.modes or ("predicted",):
@@ -77,7 +88,10 @@ def _sweep(args: argparse.Namespace) -> int:
     print(f"MLflow store:      {uri}")
     print(f"stage outputs:     {layout.stages}   job logs: {layout.submitit}")
     print(f"tables again:      basis tables {sweep_dir}")
-    print(f"browse the runs:   mlflow ui --backend-store-uri {uri} --host 127.0.0.1")
+    print(f"browse the runs:   basis ui {sweep_dir}   (or by hand: mlflow ui "
+          f"--backend-store-uri {uri} --host 127.0.0.1)")
+    for line in meta.get("stale_reused", []):
+        print(f"kept stale stage:  {line} (--reuse-stale)")
     return _summary(sweep_dir, cfg.n_trials())
 
 
@@ -156,6 +170,21 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cancel(args: argparse.Namespace) -> int:
+    from jobs.ops import cancel
+
+    sweep = Path(args.sweep)
+    print("\n".join(cancel(sweep).lines(sweep)))
+    return 0
+
+
+def _clean(args: argparse.Namespace) -> int:
+    from jobs.ops import clean
+
+    print("\n".join(clean(Path(args.sweep), dry_run=args.dry_run).lines()))
+    return 0
+
+
 def _ui(args: argparse.Namespace) -> int:
     from jobs.ui import serve
 
@@ -227,6 +256,90 @@ def _data(args: argparse.Namespace) -> int:
     return 0
 
 
+SELECT_EXAMPLES = """\
+examples:
+  # round 1: train on your labelled COCO export, score the pool, pick 50 images
+  basis select --labelled labelled.json --pool pool.json --n 50 --beta 0.6 --out runs/cats
+  # or spend 2 annotator-days, with the best beta of a finished sweep, on Slurm
+  basis select --labelled labelled.json --pool pool.json --days 2 \\
+      --from-sweep runs/table4 --profile mycluster --out runs/cats
+  # the annotators return the selected images (a COCO 1.0 export of CVAT, Label Studio …)
+  basis select --out runs/cats --add-labels cvat-export/annotations/instances_default.json
+  # round 2: retrain on labelled + returned, select again (never an image labelled so far)
+  basis select --out runs/cats --n 50
+
+Writes OUT/selection.csv (rank, image id, file name, predicted score, predicted
+objects, expected seconds), OUT/preannotations.json (COCO, RLE masks under the pool's
+ids: import it in CVAT as "COCO 1.0" or in Label Studio's COCO import),
+OUT/image_scores.parquet (the whole pool), OUT/budget.json (Table 1 cost model) and
+an MLflow run (OUT/mlflow.db). The pool's images may carry IL+C labels as
+"counts": {"<category id>": <instances>}: then IoU-W-RSIS takes them as input; without
+them plain RSIS is used and no IL+C cost is charged. Greyscale, palette and RGBA
+images are converted to RGB and mixed sizes resized to --image-size (pre-annotations
+go back to each image's size); 16-bit images are refused. Every input is checked
+before anything is written or submitted.
+"""
+
+
+def _select(args: argparse.Namespace) -> int:
+    from jobs import campaign
+
+    out = Path(args.out)
+    if args.add_labels:
+        extra = [k for k in ("labelled", "pool", "n", "days", "beta", "from_sweep")
+                 if getattr(args, k) is not None]
+        if extra:
+            raise ValueError(f"--add-labels only merges labels; --{extra[0].replace('_', '-')} "
+                             "belongs to the next `basis select --out DIR`")
+        done, data, notes = campaign.add_labels(out, Path(args.add_labels),
+                                                crowd_as_objects=args.crowd_as_objects)
+        for note in notes:
+            print(f"basis: note: {note}")
+        print(f"basis: round {done.round}: {len(data['images'])} images and "
+              f"{len(data['annotations'])} annotations merged ({out / done.returned}); "
+              f"next round: basis select --out {out}")
+        return 0
+    for flag in ("images", "pool_images"):
+        folder = getattr(args, flag)
+        if folder is not None and not Path(folder).is_dir():
+            raise ValueError(f"--{flag.replace('_', '-')} {folder}: no such folder")
+    flags = {k: getattr(args, k) for k in campaign.FLAGS}
+    req = campaign.Request(
+        out=out, labelled=_opt_path(args.labelled), pool=_opt_path(args.pool),
+        images=_opt_path(args.images), pool_images=_opt_path(args.pool_images), n=args.n,
+        days=args.days, beta=args.beta, from_sweep=_opt_path(args.from_sweep),
+        strategy=args.strategy, profile=args.profile, config=_opt_path(args.config),
+        flags=flags, tracking_uri=args.tracking_uri, crowd_as_objects=args.crowd_as_objects)
+    plan = campaign.prepare(req)
+    print(f"basis: select round {plan.round} into {out}: {plan.network}; "
+          f"{len(plan.train_data['images'])} labelled images, {plan.free} of "
+          f"{len(plan.pool.images)} pool images unlabelled; N' = {plan.n}, "
+          f"{plan.strategy}" + (f", {plan.beta_note}" if plan.beta_note else "")
+          + f"; profile {plan.profile.name!r}", flush=True)
+    from jobs.dag import StageFailed
+
+    try:
+        summary = campaign.run(plan)
+    except StageFailed as err:
+        print(f"basis: error: {err} (log: {err.log_path}); run the same command again "
+              "after a fix: finished stages are reused", file=sys.stderr)
+        return 1
+    b = summary["budget"]
+    top = plan.layout.root
+    print(f"selection:        {top / 'selection.csv'} ({len(summary['selected'])} images)")
+    print(f"pre-annotations:  {top / 'preannotations.json'} ({summary['n_preannotations']} "
+          "masks; CVAT \"COCO 1.0\" / Label Studio COCO import)")
+    print(f"image scores:     {top / 'image_scores.parquet'} (the whole pool)")
+    print(f"budget:           {campaign.budget_line(b)} ({top / 'budget.json'})")
+    print(f"MLflow:           {plan.campaign.tracking_uri} run {summary['mlflow_run_id']}")
+    print(f"next:             label them, then: basis select --out {out} --add-labels FILE")
+    return 0
+
+
+def _opt_path(value: str | None) -> Path | None:
+    return None if value is None else Path(value)
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="basis", description="Mask-guided sample selection studies as Ray Tune sweeps "
@@ -253,6 +366,13 @@ def parser() -> argparse.ArgumentParser:
                     "its checkpoint (default: the profile's `retries`, 0 as shipped)")
     sp.add_argument("--force", action="store_true",
                     help="run into a sweep folder that holds another config")
+    sp.add_argument("--dry-run", action="store_true",
+                    help="print the submission plan (trials; stages new, done, stale and "
+                    "shared; jobs and their resources; the compute estimate; annotation "
+                    "days per arm) and submit nothing")
+    sp.add_argument("--reuse-stale", action="store_true",
+                    help="keep stages that other code computed (stale) instead of "
+                    "recomputing them; the summary lists them")
     sp.add_argument("--verbose", type=int, default=0, choices=(0, 1, 2),
                     help="Ray Tune's own status output (default 0: one progress bar)")
     sp.set_defaults(func=_sweep)
@@ -301,6 +421,23 @@ def parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="per-trial state of a sweep (done/failed/running/pending)")
     st.add_argument("sweep", help="sweep folder")
     st.set_defaults(func=_status)
+
+    cp = sub.add_parser(
+        "cancel", help="stop a sweep, resumably: end its driver, scancel its pending and "
+        "running jobs (by their recorded ids), record its unfinished trials CANCELLED",
+        epilog="example:\n  basis cancel runs/demo && basis sweep --resume runs/demo",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    cp.add_argument("sweep", help="sweep folder")
+    cp.set_defaults(func=_cancel)
+
+    kp = sub.add_parser(
+        "clean", help="remove the training checkpoints of finished stages (final weights, "
+        "results, metrics and records stay); prints what and the bytes freed",
+        epilog="example:\n  basis clean runs/demo --dry-run\n  basis clean runs/demo",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    kp.add_argument("sweep", help="sweep folder")
+    kp.add_argument("--dry-run", action="store_true", help="list, remove nothing")
+    kp.set_defaults(func=_clean)
 
     up = sub.add_parser("ui", help="open the sweep's MLflow UI: start `mlflow ui` on "
                         "127.0.0.1 for an sqlite store (or print a tracking server's URL)")
@@ -371,6 +508,56 @@ def parser() -> argparse.ArgumentParser:
     ds.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
     ds.add_argument("--seed", type=int, default=0, help="data seed (default 0)")
     dp.set_defaults(func=_data)
+
+    xp = sub.add_parser(
+        "select", help="the next images to label from your own COCO data: train on the "
+        "labelled set, score the pool (Eq. 2), select; rounds of a labelling campaign",
+        epilog=SELECT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    xp.add_argument("--out", required=True, metavar="DIR",
+                    help="the campaign folder: its state, rounds and outputs")
+    xp.add_argument("--labelled", metavar="L.json",
+                    help="round 1: COCO instances JSON of the labelled images (masks as "
+                    "polygons or RLE)")
+    xp.add_argument("--pool", metavar="P.json",
+                    help="round 1: COCO JSON of the unlabelled pool; its images may carry "
+                    '"counts": {"<category id>": <instances>} (IL+C → W-RSIS)')
+    xp.add_argument("--images", metavar="DIR",
+                    help="image folder (default: an images/ folder beside each JSON, then "
+                    "the JSON's own folder)")
+    xp.add_argument("--pool-images", metavar="DIR",
+                    help="the pool's image folder, if not --images")
+    how_many = xp.add_mutually_exclusive_group()
+    how_many.add_argument("--n", type=int, metavar="N'", help="images to select")
+    how_many.add_argument("--days", type=float, metavar="D",
+                          help="annotator-days of mask drawing to spend (86 400 s each; "
+                          "N' from the Table 1 cost model of the labelled set)")
+    target = xp.add_mutually_exclusive_group()
+    target.add_argument("--beta", type=float, metavar="B",
+                        help="target image score in [0, 1] (closest, band)")
+    target.add_argument("--from-sweep", metavar="SWEEP",
+                        help="take the best beta of a finished sweep at the nearest N")
+    xp.add_argument("--strategy", help="closest (default; the paper's), random, band, "
+                    "lowest, highest, stratified")
+    xp.add_argument("--profile", help="where it trains: local (default), local-slurm, "
+                    "or a profile of slurm/profiles/")
+    xp.add_argument("--config", metavar="YAML", help="training: sections model, train, "
+                    "loss and keys image_size, seed (flags below override it)")
+    xp.add_argument("--epochs", type=int, help="segmentation epochs (default 8)")
+    xp.add_argument("--steps", type=int, help="a step budget instead of epochs")
+    xp.add_argument("--image-size", type=int, help="network input side (default 128 px; "
+                    "the paper 256)")
+    xp.add_argument("--backbone", help="resnet18 (default), resnet34, resnet50, resnet101")
+    xp.add_argument("--hidden", type=int, help="decoder width H (default 64)")
+    xp.add_argument("--encoder-weights", metavar="FILE",
+                    help="local torchvision ResNet state dict (ImageNet weights)")
+    xp.add_argument("--seed", type=int, help="training and tie-breaking seed (default 0)")
+    xp.add_argument("--add-labels", metavar="FILE",
+                    help="merge the annotators' COCO JSON for the pending round's selection")
+    xp.add_argument("--crowd-as-objects", action="store_true",
+                    help="read iscrowd 1 annotations of --labelled / --add-labels as "
+                    "objects (CVAT exports its mask shapes so), not as ignored regions")
+    xp.add_argument("--tracking-uri", help="MLflow tracking URI (default: OUT/mlflow.db)")
+    xp.set_defaults(func=_select)
     return ap
 
 

@@ -22,9 +22,19 @@ from basis.data.synthetic import SyntheticConfig
 from basis.losses import LossConfig
 from basis.models.rsis import ModelConfig
 from basis.pretrain import PretrainConfig
+from basis.selection import UNCERTAINTIES
 from basis.train import TrainConfig
 
 MODES = ("predicted", "oracle", "random")
+#: ``study.strategies``: acquisition baselines, each one more trial ``mode`` value. The
+#: first four rank the predicted image score (Eq. 2, `basis.selection.select`), the
+#: uncertainties take the initial network's most uncertain images, ``coreset`` is k-center
+#: greedy on its pooled encoder features (`basis.selection.k_center_greedy`).
+STUDY_STRATEGIES = ("band", "lowest", "highest", "stratified", *UNCERTAINTIES, "coreset")
+#: The strategies that take β (one trial per β, like ``predicted``); the rest are β-free
+#: (one trial per N and seed, β null, like ``random``). ``stratified`` spreads over the
+#: whole score range and ignores β.
+BETA_STRATEGIES = ("band",)
 #: The data kinds `jobs.data` opens.
 DATA_KINDS = ("synthetic", "voc_sbd", "coco")
 #: The `basis` config class of each method section of a sweep config.
@@ -124,6 +134,8 @@ class StudyConfig:
     rows differ by the schedule alone. The sweep's own settings are the main row.
     ``segment_modes`` / ``segment_betas`` limit which arms also train the segmentation
     network (Tables 5/7); empty means every arm.
+    ``strategies`` adds acquisition baselines (`STUDY_STRATEGIES`), each a ``mode`` value
+    of its own: ``band`` for every β, the others once per N and seed (β-free).
     """
 
     n_init: int = 20
@@ -132,6 +144,7 @@ class StudyConfig:
     seed: tuple[int, ...] = (0,)
     modes: tuple[str, ...] = ("predicted",)
     random_baseline: bool = True
+    strategies: tuple[str, ...] = ()           # baselines: lowest, entropy, coreset, …
     segment: bool = False      # also pseudo-label the additional pool, train RSIS (Tables 5/7)
     pool_fractions: tuple[float, ...] = (1.0,)   # shares of it used (Table 5: 1.0, 7: 0.5)
     segment_modes: tuple[str, ...] = ()          # arms that segment (random, predicted, …)
@@ -194,8 +207,8 @@ class SweepConfig:
             raise ConfigError(f"data.kind={data.kind!r}; allowed: {', '.join(DATA_KINDS)}")
         _check_paths(data)
         study = build(StudyConfig, raw.pop("study", {}) or {}, "study")
-        for key in ("N", "beta", "seed", "modes", "pool_fractions", "segment_modes",
-                    "segment_betas", "schedules"):
+        for key in ("N", "beta", "seed", "modes", "strategies", "pool_fractions",
+                    "segment_modes", "segment_betas", "schedules"):
             study = dataclasses.replace(study, **{key: tuple(_as_list(getattr(study, key)))})
         sections = {k: dict(raw.get(k) or {}) if isinstance(raw.get(k) or {}, Mapping)
                     else raw[k] for k in SECTIONS}
@@ -234,8 +247,9 @@ class SweepConfig:
             for f in s.pool_fractions:
                 if not 0.0 < float(f) <= 1.0:
                     raise ConfigError(f"study.pool_fractions has {f}; allowed: (0, 1]")
-        if not s.modes and not s.random_baseline:
-            raise ConfigError("study has no modes and no random baseline: nothing to run")
+        if not s.modes and not s.random_baseline and not s.strategies:
+            raise ConfigError("study has no modes, strategies or random baseline: "
+                              "nothing to run")
         self._validate_grid()
         if s.segment and not any(a.pool_fraction is not None for a in self.arms()):
             raise ConfigError("study.segment_modes / segment_betas leave no arm to segment")
@@ -278,12 +292,21 @@ class SweepConfig:
         if bad_modes:
             raise ConfigError(f"study.modes has {bad_modes}; allowed: predicted, oracle "
                               "(random is study.random_baseline)")
+        bad = [m for m in s.strategies if m not in STUDY_STRATEGIES]
+        if bad:
+            raise ConfigError(f"study.strategies has {bad}; allowed: "
+                              f"{', '.join(STUDY_STRATEGIES)}")
+        if len(set(s.strategies)) != len(s.strategies):
+            raise ConfigError(f"study.strategies repeats a strategy: {list(s.strategies)}")
+        if not s.beta and set(s.strategies) & set(BETA_STRATEGIES):
+            raise ConfigError("study.strategies: band selects around β and needs study.beta")
         for b in s.beta:
             if not 0.0 <= float(b) <= 1.0:
                 raise ConfigError(f"study.beta={b} is outside [0, 1]")
-        bad = [m for m in s.segment_modes if m not in MODES]
+        bad = [m for m in s.segment_modes if m not in MODES + STUDY_STRATEGIES]
         if bad:
-            raise ConfigError(f"study.segment_modes has {bad}; allowed: {', '.join(MODES)}")
+            raise ConfigError(f"study.segment_modes has {bad}; allowed: "
+                              f"{', '.join(MODES + STUDY_STRATEGIES)}")
         bad = [b for b in s.segment_betas if float(b) not in [float(x) for x in s.beta]]
         if bad:
             raise ConfigError(f"study.segment_betas has {bad}, not in study.beta")
@@ -334,10 +357,13 @@ class SweepConfig:
 
     def arms(self) -> list[Arm]:
         """The arms of the grid, crossed with N and seed: one per (mode, β) — times the
-        pool fractions where the arm segments — plus random, plus one random arm per
-        Table-2 schedule."""
+        pool fractions where the arm segments — plus random, plus one per baseline
+        strategy (per β for `BETA_STRATEGIES`), plus one random arm per Table-2
+        schedule."""
         s = self.study
         base = [Arm(m, float(b)) for m in s.modes for b in s.beta]
+        base += [Arm(m, b) for m in s.strategies for b in (
+            [float(x) for x in s.beta] if m in BETA_STRATEGIES else [None])]
         if s.random_baseline:
             base.insert(0, Arm("random", None))
         arms = [dataclasses.replace(arm, pool_fraction=f)

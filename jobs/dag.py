@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import submitit
 
+from jobs import specs as stage_specs
 from jobs.specs import StageFolder, StageSpec
 
 log = logging.getLogger(__name__)
@@ -186,7 +187,8 @@ def _prepare(spec: StageSpec, folder: StageFolder, fresh: bool = True) -> None:
     folder.path.mkdir(parents=True, exist_ok=True)
     if fresh:
         folder.metrics.unlink(missing_ok=True)
-    folder.config.write_text(json.dumps(spec.to_dict(), indent=1, sort_keys=True))
+    folder.config.write_text(json.dumps({**spec.to_dict(), "code": stage_specs.code_fingerprint()},
+                                        indent=1, sort_keys=True))
 
 
 def _new_folder(parent: Path) -> Path:

@@ -120,6 +120,13 @@ class StageFolder:
         return self.path / "image_scores.parquet"
 
     @property
+    def features(self) -> Path:
+        """A score stage's pool features for the core-set baseline: ``image_id`` (P,)
+        int64 and ``features`` (P, F) float32, the initial network's encoder output
+        global-average pooled (`basis.infer.predict`, ``with_features``)."""
+        return self.path / "features.npz"
+
+    @property
     def pseudo(self) -> Path:
         return self.path / "pseudo.json"
 
@@ -139,7 +146,67 @@ class StageFolder:
 
     def of(self, spec: "StageSpec") -> "StageFolder":
         """The folder of another stage of the same sweep (an input of this one)."""
-        return StageFolder(self.path.parent / spec.dirname)
+        return _locate(self.path.parent, spec)
+
+    def read_code(self) -> str | None:
+        """The code fingerprint the stage was computed with (None: not recorded)."""
+        try:
+            return json.loads(self.config.read_text()).get("code")
+        except (OSError, ValueError):
+            return None
+
+
+def content_key(spec_dict: dict[str, Any]) -> str:
+    """A stage's address without the code: equal for the same spec under any code
+    (``config.json`` minus its ``code``, or `StageSpec.to_dict`)."""
+    return digest({k: v for k, v in spec_dict.items() if k != "code"})
+
+
+class StageIndex:
+    """The DONE stages of a sweep folder by `content_key`: where a stage computed by
+    other code than this one lives (a *stale* stage)."""
+
+    def __init__(self, stages_dir: Path) -> None:
+        self.stages_dir = Path(stages_dir)
+        self.done: dict[str, list[StageFolder]] = {}
+        for config in sorted(self.stages_dir.glob("*/config.json")):
+            folder = StageFolder(config.parent)
+            if not folder.is_done():
+                continue
+            try:
+                key = content_key(json.loads(config.read_text()))
+            except ValueError:
+                continue
+            self.done.setdefault(key, []).append(folder)
+
+    def stale(self, spec: "StageSpec") -> StageFolder | None:
+        """A DONE folder of ``spec`` computed by other code, when its own is not done."""
+        if (self.stages_dir / spec.dirname / StageFolder.DONE).exists():
+            return None
+        hits = [f for f in self.done.get(content_key(spec.to_dict()), [])
+                if f.name != spec.dirname]
+        return hits[-1] if hits else None
+
+
+#: Sweeps (their stages folders) whose stale stages this process reuses (--reuse-stale).
+_REUSE: dict[Path, StageIndex] = {}
+
+
+def reuse_stale(sweep_dir: str | Path) -> StageIndex:
+    """Make this process resolve a stage that is not done under the current code to a
+    DONE folder of the same spec computed by other code, if the sweep has one (``basis
+    sweep --resume --reuse-stale``) → the index it uses."""
+    stages = SweepLayout(Path(sweep_dir)).stages.resolve()
+    _REUSE[stages] = StageIndex(stages)
+    return _REUSE[stages]
+
+
+def _locate(stages_dir: Path, spec: "StageSpec") -> StageFolder:
+    own = StageFolder(stages_dir / spec.dirname)
+    index = _REUSE.get(stages_dir.resolve()) if _REUSE else None
+    if index is not None:
+        return index.stale(spec) or own
+    return own
 
 
 @dataclass(frozen=True)
@@ -172,7 +239,9 @@ class StageSpec:
         return f"{self.kind}-{self.address}"
 
     def folder(self, sweep_dir: str | Path) -> StageFolder:
-        return StageFolder(SweepLayout(Path(sweep_dir)).stages / self.dirname)
+        """Its folder in the sweep (or, under `reuse_stale`, a stale one of the same
+        spec that is done)."""
+        return _locate(SweepLayout(Path(sweep_dir)).stages, self)
 
     def flat(self) -> dict[str, Any]:
         """The spec as MLflow params: its address and the code's fingerprint, nested keys
@@ -283,3 +352,28 @@ class ControlSpec(StageSpec):
     kind: ClassVar[str] = "control"
     recipe: Recipe
     train_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class LabelledSpec(StageSpec):
+    """``basis select``: a labelling round's annotation network, trained on every image
+    labelled so far — the COCO file ``recipe.data.coco_train`` the command writes, whose
+    content digest is ``labels`` (the address follows the labels, not the file name).
+    A sweep's init stage on the user's own data: the profile's ``init`` resources."""
+
+    kind: ClassVar[str] = "init"
+    recipe: Recipe
+    labels: str
+
+
+@dataclass(frozen=True)
+class PoolScoreSpec(StageSpec):
+    """``basis select``: the round's network pseudo-annotates the user's pool — given
+    its IL+C counts (W-RSIS) or not (RSIS) — and scores every image (Eq. 2), with the
+    oracle image IoU where the pool file carries masks (never shown to the network)."""
+
+    kind: ClassVar[str] = "score"
+    init: LabelledSpec
+    pool: str           # the pool's COCO JSON
+    image_root: str     # the folder of its images
+    digest: str         # of the pool file's content

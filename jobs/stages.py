@@ -26,6 +26,8 @@ from jobs.specs import (
     AnnotateSpec,
     ControlSpec,
     InitSpec,
+    LabelledSpec,
+    PoolScoreSpec,
     PretrainSpec,
     PseudoSpec,
     Recipe,
@@ -268,9 +270,13 @@ class InitStage(StageJob[InitSpec]):
 
 class ScoreStage(StageJob[ScoreSpec]):
     """Per seed: the initial network pseudo-annotates the pool and scores every image
-    (Eq. 2), next to its oracle score, object count and object size (Fig. 5)."""
+    (Eq. 2), next to its oracle score, object count and object size (Fig. 5), its
+    uncertainties (the acquisition baselines' columns) and — in ``features.npz`` — its
+    pooled encoder features (the core-set baseline), all from one forward pass."""
 
     def run(self, env: distributed.DistEnv) -> dict[str, Any]:
+        import numpy as np
+
         from basis.infer import predict
 
         if not env.is_rank0:
@@ -280,7 +286,7 @@ class ScoreStage(StageJob[ScoreSpec]):
         init = self.input("init")
         in_init = set(init.read_result()["init_ids"])
         model = self.load_model(init, recipe.model)
-        preds = predict(model, pool, loss_cfg=recipe.loss)
+        preds = predict(model, pool, loss_cfg=recipe.loss, with_features=True)
         rows = []
         for i, p in enumerate(preds):
             stats = pool.stats(i) if hasattr(pool, "stats") else pool[i]
@@ -288,8 +294,11 @@ class ScoreStage(StageJob[ScoreSpec]):
                          "score_pred": p.image_score, "iou_true": p.image_iou_true,
                          "n_objects": stats.n_objects,
                          "mean_object_area": stats.mean_object_area,
-                         "in_init": p.image_id in in_init})
+                         "in_init": p.image_id in in_init, **(p.extras or {})})
         _write_parquet(self.folder.image_scores, "image_scores", rows)
+        with atomic.atomic_path(self.folder.features) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, image_id=np.asarray([p.image_id for p in preds], dtype=np.int64),
+                     features=np.asarray([p.features for p in preds], dtype=np.float32))
         return {"n_images": len(rows)}
 
 
@@ -386,6 +395,87 @@ class ControlStage(StageJob[ControlSpec]):
         return {"n_train": len(ids), **self.evaluate(recipe, model, test)}
 
 
+class LabelledStage(StageJob[LabelledSpec]):
+    """``basis select``: train the round's annotation network on every labelled image
+    (resized to ``data.image_size``); write ``model.pt``."""
+
+    def run(self, env: distributed.DistEnv) -> dict[str, Any]:
+        from basis.data.coco import COCOInstances
+        from basis.data.transforms import eval_transform
+
+        recipe = self.spec.recipe
+        data = COCOInstances(str(recipe.data.coco_train),
+                             transform=eval_transform(int(recipe.data.image_size)))
+        model = self.train(env, recipe, list(data.ids), data)
+        if not env.is_rank0:
+            return {}
+        atomic.torch_save(model.state_dict(), self.folder.model)
+        return {"n_train": len(data), "n_classes": len(data.category_ids),
+                "weak": bool(recipe.model.weak)}
+
+
+class PoolScoreStage(StageJob[PoolScoreSpec]):
+    """``basis select``: pseudo-annotate the user's pool and score each image (Eq. 2);
+    write ``predictions.json`` (one `ImagePrediction` per image at the network's size,
+    ``iou_true`` from the pool's own masks when it has any)."""
+
+    def run(self, env: distributed.DistEnv) -> dict[str, Any]:
+        from basis.data.coco import COCOInstances
+        from basis.data.labelling import WeakPool, read_pool
+        from basis.infer import predict
+
+        if not env.is_rank0:
+            return {}
+        recipe = self.spec.init.recipe
+        size = int(recipe.data.image_size)
+        init = self.input("init")
+        train = COCOInstances(str(recipe.data.coco_train))
+        label_of = {cid: k for k, cid in enumerate(train.category_ids, start=1)}
+        pool = read_pool(self.spec.pool, _labelled_of(train), self.spec.image_root,
+                         check_files=False)
+        model = self.load_model(init, recipe.model)
+        preds = predict(model, WeakPool(pool.images, size, label_of), loss_cfg=recipe.loss,
+                        with_iou_true=False)
+        if pool.has_annotations:
+            self.oracle(preds, label_of, size)
+        atomic.write_text(self.folder.path / "predictions.json",
+                          json.dumps([dataclasses.asdict(p) for p in preds]))
+        scores = [p.image_score for p in preds]
+        return {"n_images": len(preds), "weak": bool(recipe.model.weak),
+                "oracle": pool.has_annotations,
+                "score_mean": float(sum(scores) / len(scores)) if scores else None}
+
+    def oracle(self, preds: list[Any], label_of: dict[int, int], size: int) -> None:
+        """Fill each prediction's ``iou_true`` from the pool file's masks, resized to the
+        network's size, their classes in the network's labels."""
+        import torch
+
+        from basis.data.coco import COCOInstances
+        from basis.data.pseudo import decode
+        from basis.data.transforms import eval_transform
+        from basis.metrics.iou import match_true_iou
+
+        gt = COCOInstances(self.spec.pool, self.spec.image_root,
+                           transform=eval_transform(size))
+        for i, pred in enumerate(preds):
+            s = gt[i]
+            masks, labels = decode(pred, min_pixels=0)
+            gt_labels = torch.tensor([label_of[gt.category_ids[int(c) - 1]]
+                                      for c in s.labels.tolist()], dtype=torch.long)
+            pred.iou_true = [float(x) for x in match_true_iou(
+                masks, labels, s.masks, gt_labels, s.ignore)]
+
+
+def _labelled_of(train: Any) -> Any:
+    """The `basis.data.labelling.LabelledSet` a pool is checked against, from the
+    training file (its categories are all the pool check reads)."""
+    from basis.data.labelling import LabelledSet
+
+    cats = sorted(train.coco.dataset["categories"], key=lambda c: c["id"])
+    return LabelledSet(train.json_path, train.image_root, tuple(cats), len(train), 0, 0.0,
+                       0.0, frozenset())
+
+
 class _Indexed:
     """Adapter giving a dataset the ``subset(ids)`` of positions `StageJob.train` uses."""
 
@@ -400,7 +490,7 @@ class _Indexed:
 JOBS: dict[type[StageSpec], type[StageJob[Any]]] = {
     PretrainSpec: PretrainStage, InitSpec: InitStage, ScoreSpec: ScoreStage,
     AnnotateSpec: AnnotateStage, PseudoSpec: PseudoStage, SegmentSpec: SegmentStage,
-    ControlSpec: ControlStage,
+    ControlSpec: ControlStage, LabelledSpec: LabelledStage, PoolScoreSpec: PoolScoreStage,
 }
 
 

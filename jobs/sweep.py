@@ -28,6 +28,14 @@ from jobs.trial import SweepContext, run_trial
 log = logging.getLogger(__name__)
 
 
+def driver_record(pid: int) -> str:
+    """``driver.pid``'s line: the driver's pid and the host it runs on (`jobs.ops`
+    `cancel` ends it)."""
+    import socket
+
+    return f"{pid} {socket.gethostname()}\n"
+
+
 def read_meta(sweep_dir: Path) -> dict[str, Any]:
     path = SweepLayout(sweep_dir).meta
     return json.loads(path.read_text()) if path.exists() else {}
@@ -156,8 +164,10 @@ def search_space(cfg: SweepConfig) -> tuple[dict[str, Any], Any]:
 
 
 def run(cfg: SweepConfig, profile: ClusterProfile, sweep_dir: Path, force: bool = False,
-        verbose: int = 1, tracking_uri: str | None = None) -> dict[str, Any]:
-    """Run (or resume) every trial of ``cfg``; return the sweep's meta record."""
+        verbose: int = 1, tracking_uri: str | None = None,
+        reuse_stale: bool = False) -> dict[str, Any]:
+    """Run (or resume) every trial of ``cfg``; return the sweep's meta record (with
+    ``stale_reused``: the stale stages kept under ``reuse_stale``)."""
     sweep_dir = sweep_dir.resolve()
     cfg = resolved(cfg)
     meta = prepare(cfg, sweep_dir, force=force, profile=profile.name,
@@ -165,8 +175,10 @@ def run(cfg: SweepConfig, profile: ClusterProfile, sweep_dir: Path, force: bool 
     from jobs.specs import pin_code_fingerprint
 
     pin_code_fingerprint(meta["code"])
+    meta["stale_reused"] = _stale(cfg, profile, sweep_dir, reuse_stale)
     ctx = SweepContext(str(sweep_dir), cfg.to_dict(), profile, meta["mlflow_uri"],
-                       meta["experiment_id"], meta["parent_run_id"], meta["code"])
+                       meta["experiment_id"], meta["parent_run_id"], meta["code"],
+                       reuse_stale=reuse_stale)
     if profile.executor == "slurm" and profile.job_arrays:
         submit_init_array(cfg, profile, sweep_dir)
     _ray_init(num_cpus=profile.max_concurrent_trials)
@@ -176,12 +188,17 @@ def run(cfg: SweepConfig, profile: ClusterProfile, sweep_dir: Path, force: bool 
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(_trainable, ctx=ctx), {"cpu": 1}),
         param_space=space,
+        # reuse_actors: a trial runs in the worker process of the trial before it, so each
+        # trial does not pay a new process's imports (torch, MLflow, submitit: seconds)
         tune_config=tune.TuneConfig(max_concurrent_trials=profile.max_concurrent_trials,
-                                    search_alg=search, num_samples=cfg.n_trials()),
+                                    search_alg=search, num_samples=cfg.n_trials(),
+                                    reuse_actors=True),
         run_config=tune.RunConfig(name="tune", storage_path=str(SweepLayout(sweep_dir).ray),
                                   verbose=verbose, callbacks=[_progress(cfg.n_trials())]),
     )
     status = Status.COMPLETED.mlflow
+    pid_file = SweepLayout(sweep_dir).driver_pid
+    pid_file.write_text(driver_record(os.getpid()))    # `basis cancel` ends it
     try:
         tuner.fit()
     except BaseException:
@@ -189,7 +206,29 @@ def run(cfg: SweepConfig, profile: ClusterProfile, sweep_dir: Path, force: bool 
         raise
     finally:
         end_sweep(sweep_dir, meta, status)
+        if pid_file.exists() and pid_file.read_text() == driver_record(os.getpid()):
+            pid_file.unlink()
     return meta
+
+
+def _stale(cfg: SweepConfig, profile: ClusterProfile, sweep_dir: Path,
+           reuse: bool) -> list[str]:
+    """Log the sweep's stale stages (done by other code); under ``reuse`` make this
+    process keep them → "new ← kept" lines (empty when not reused)."""
+    from jobs import plan
+    from jobs.specs import reuse_stale
+
+    stale = plan.build(cfg, profile, sweep_dir, reuse_stale=reuse).stale()
+    if not stale:
+        return []
+    if not reuse:
+        log.info("%d stage(s) were computed by other code and are recomputed (keep them "
+                 "with --reuse-stale): %s", len(stale), ", ".join(s.name for s in stale))
+        return []
+    reuse_stale(sweep_dir)
+    lines = [f"{s.name} ← {s.stale_folder} (code {s.stale_code or '?'})" for s in stale]
+    log.warning("keeping %d stale stage(s) (--reuse-stale): %s", len(lines), "; ".join(lines))
+    return lines
 
 
 def submit_init_array(cfg: SweepConfig, profile: ClusterProfile, sweep_dir: Path) -> list[str]:
@@ -255,25 +294,27 @@ class DriverJob:
     """The sweep driver as a Slurm job (``--detach`` on a Slurm profile)."""
 
     def __init__(self, cfg: dict[str, Any], profile: ClusterProfile, sweep_dir: str,
-                 force: bool) -> None:
+                 force: bool, reuse_stale: bool = False) -> None:
         self.cfg, self.profile, self.sweep_dir, self.force = cfg, profile, sweep_dir, force
+        self.reuse_stale = reuse_stale
 
     def __call__(self) -> str:
         logging.basicConfig(level=logging.INFO)
         run(SweepConfig.from_dict(self.cfg), self.profile, Path(self.sweep_dir),
-            force=self.force, verbose=0)
+            force=self.force, verbose=0, reuse_stale=self.reuse_stale)
         return self.sweep_dir
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         """Requeued: run again; finished trials and stages are skipped."""
         import submitit
 
-        return submitit.helpers.DelayedSubmission(DriverJob(self.cfg, self.profile,
-                                                            self.sweep_dir, True))
+        return submitit.helpers.DelayedSubmission(DriverJob(
+            self.cfg, self.profile, self.sweep_dir, True, self.reuse_stale))
 
 
 def detach(cfg: SweepConfig, profile: ClusterProfile, sweep_dir: Path,
-           force: bool = False, tracking_uri: str | None = None) -> str:
+           force: bool = False, tracking_uri: str | None = None,
+           reuse_stale: bool = False) -> str:
     """Start the driver and return at once → a line saying where it runs.
 
     Config and folder are checked here first, so an error still comes back at once.
@@ -291,13 +332,17 @@ def detach(cfg: SweepConfig, profile: ClusterProfile, sweep_dir: Path,
         driver = dataclasses.replace(profile, tasks_per_node=1, gpus_per_node=0, nodes=1)
         ex = make_executor(driver, SweepLayout(sweep_dir).submitit / "driver")
         ex.update_parameters(name=f"basis-driver-{cfg.name}")
-        job = ex.submit(DriverJob(cfg.to_dict(), profile, str(sweep_dir), force))
+        job = ex.submit(DriverJob(cfg.to_dict(), profile, str(sweep_dir), force,
+                                  reuse_stale))
+        SweepLayout(sweep_dir).driver_job.write_text(f"{job.job_id}\n")
         return f"Slurm job {job.job_id}, log {job.paths.stderr}"
-    log_path = sweep_dir / "driver.log"
+    log_path = SweepLayout(sweep_dir).driver_log
     cmd = [sys.executable, "-m", "jobs.cli", "sweep", "--resume", str(sweep_dir),
            "--profile", profile.name, "--retries", str(profile.retries)]
+    if reuse_stale:
+        cmd.append("--reuse-stale")
     with open(log_path, "ab") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
-    (sweep_dir / "driver.pid").write_text(f"{proc.pid}\n")
+    SweepLayout(sweep_dir).driver_pid.write_text(driver_record(proc.pid))
     return f"pid {proc.pid}, log {log_path}"

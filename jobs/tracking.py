@@ -53,6 +53,12 @@ def _params(params: Mapping[str, Any]) -> dict[str, str]:
     return {k: ("None" if v is None else str(v))[:6000] for k, v in params.items()}
 
 
+#: A sweep is a model-training experiment: MLflow 3 UIs that go by this tag open it on its
+#: runs, not on the GenAI trace overview ("No data"); 3.17's goes by the page URL's
+#: ``workflowType`` instead, which `jobs.ui.experiment_url` sets.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def open_sweep(uri: str, name: str, params: Mapping[str, Any],
                parent_run_id: str | None = None,
                artifact_root: str | Path | None = None) -> tuple[str, str]:
@@ -63,9 +69,13 @@ def open_sweep(uri: str, name: str, params: Mapping[str, Any],
     exp = client.get_experiment_by_name(name)
     if exp is None:
         location = Path(artifact_root).resolve().as_uri() if artifact_root else None
-        exp_id = client.create_experiment(name, artifact_location=location)
+        exp_id = client.create_experiment(name, artifact_location=location,
+                                          tags=EXPERIMENT_TAGS)
     else:
         exp_id = exp.experiment_id
+        for key, value in EXPERIMENT_TAGS.items():   # an experiment made before the tag
+            if exp.tags.get(key) != value:
+                client.set_experiment_tag(exp_id, key, value)
     if parent_run_id:
         try:
             client.get_run(parent_run_id)

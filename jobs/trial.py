@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 import submitit
 
 from analysis.schema import Status, SweepLayout
+from basis.selection import UNCERTAINTIES
 from hpc.profiles import ClusterProfile, make_executor
 from jobs import dag, records
 from jobs.config import SweepConfig, TrialConfig
@@ -34,7 +35,9 @@ from jobs.specs import (
     SegmentSpec,
     StageFolder,
     StageSpec,
+    code_fingerprint,
     pin_code_fingerprint,
+    reuse_stale,
 )
 from jobs.stages import job_for
 from jobs.tracking import MlflowObserver
@@ -54,6 +57,7 @@ class SweepContext:
     experiment_id: str
     parent_run_id: str
     code: str = ""                   # the driver's code fingerprint (`jobs.specs`)
+    reuse_stale: bool = False        # keep stages computed by other code (--reuse-stale)
 
 
 def pretrain_spec(cfg: SweepConfig) -> PretrainSpec | None:
@@ -82,26 +86,54 @@ def select_images(scores: Path | StageFolder, trial: TrialConfig
 
     ``predicted`` ranks by the network's image score, ``oracle`` by the true image IoU
     (Sec. 6.2.1), both closest to β; ``random`` draws from a generator seeded by
-    (seed, N), so it is the same for every β.
+    (seed, N), so it is the same for every β. A baseline of ``study.strategies``
+    (`SELECTION_RULES`): band/lowest/highest/stratified rank the image score, an
+    uncertainty takes the highest values of its column, ``coreset`` runs k-center greedy
+    on the stage's ``features.npz`` from the initial images; the same generator breaks
+    their ties.
 
     Args:
-        scores: a score stage's folder (or any folder holding its image_scores.parquet).
+        scores: a score stage's folder (or any folder holding its image_scores.parquet,
+            and features.npz for ``coreset``).
     """
     import numpy as np
     import pyarrow.parquet as pq
 
-    from basis.selection import select
+    from basis.selection import k_center_greedy, select
 
     folder = scores if isinstance(scores, StageFolder) else StageFolder(Path(scores))
     table = pq.read_table(folder.image_scores).to_pandas()
     init_ids = sorted(int(i) for i in table.loc[table["in_init"], "image_id"])
     pool = table[~table["in_init"]]
-    column = "iou_true" if trial.mode == "oracle" else "score_pred"
-    by_id = dict(zip(pool["image_id"].astype(int), pool[column].astype(float)))
     rng = np.random.default_rng([trial.seed, trial.N])
-    strategy = "random" if trial.mode == "random" else "closest"
-    chosen = select(strategy, by_id, trial.N - len(init_ids), trial.beta, rng)
+    n = trial.N - len(init_ids)
+    if trial.mode in ("coreset", *UNCERTAINTIES) and not _has_baseline_inputs(folder, pool):
+        raise ValueError(f"{folder.path} has no uncertainties or features (a score stage of "
+                         "older code?): run the sweep again without --reuse-stale")
+    if trial.mode == "coreset":
+        with np.load(folder.features) as npz:
+            chosen = k_center_greedy(npz["features"], npz["image_id"], init_ids, n, rng)
+        return init_ids, chosen
+    column, strategy = SELECTION_RULES[trial.mode]
+    by_id = dict(zip(pool["image_id"].astype(int), pool[column].astype(float)))
+    chosen = select(strategy, by_id, n, trial.beta, rng)
     return init_ids, [int(i) for i in chosen]
+
+
+def _has_baseline_inputs(folder: StageFolder, pool: Any) -> bool:
+    """Whether a score stage wrote the uncertainty columns and the features file."""
+    return folder.features.exists() and all(
+        c in pool and not pool[c].isna().any() for c in UNCERTAINTIES)
+
+
+#: A trial mode → (image_scores column, `basis.selection` strategy) its selection ranks
+#: by (``coreset`` is k-center greedy on features instead).
+SELECTION_RULES: dict[str, tuple[str, str]] = {
+    "predicted": ("score_pred", "closest"), "oracle": ("iou_true", "closest"),
+    "random": ("score_pred", "random"),
+    **{m: ("score_pred", m) for m in ("band", "lowest", "highest", "stratified")},
+    **{m: (m, "highest") for m in UNCERTAINTIES},   # the most uncertain first
+}
 
 
 class TuneObserver(TrialObserver):
@@ -203,12 +235,14 @@ def run_trial(config: dict[str, Any], ctx: SweepContext,
 def _run_trial(config: dict[str, Any], ctx: SweepContext, report: Report) -> dict[str, Any]:
     if ctx.code:
         pin_code_fingerprint(ctx.code)
+    if ctx.reuse_stale:
+        reuse_stale(ctx.sweep_dir)
     cfg = SweepConfig.from_dict(ctx.config)
     trial = TrialConfig.from_flat_dict(config)
     # a Table-2 schedule changes the trial's own training, not the shared init/score
     own = cfg.with_schedule(trial.variant)
     sweep_dir = Path(ctx.sweep_dir)
-    done = _completed_row(sweep_dir, trial.key)
+    done = _completed_row(sweep_dir, trial.key, None if ctx.reuse_stale else ctx.code)
     if done is not None:
         report({**done, "reused": True})
         return done
@@ -221,8 +255,10 @@ def _run_trial(config: dict[str, Any], ctx: SweepContext, report: Report) -> dic
                                            TuneObserver(report)])
     runner.start({**trial.to_flat_dict(), **own.flat(), "profile": ctx.profile.name},
                  {"N": trial.N, "beta": trial.beta, "seed": trial.seed, "mode": trial.mode,
-                  "trial": trial.key, "tune_trial_id": _tune_trial_id()})
-    outcome = TrialOutcome(trial, Status.FAILED, trial_row(trial, own))
+                  "trial": trial.key, "tune_trial_id": _tune_trial_id(),
+                  "code": code_fingerprint()})
+    outcome = TrialOutcome(trial, Status.FAILED,
+                           {**trial_row(trial, own), "code": code_fingerprint()})
     try:
         _stages(runner, cfg, own, trial, outcome)
         outcome.status = Status.COMPLETED
@@ -248,7 +284,8 @@ def _stages(runner: TrialRunner, cfg: SweepConfig, own: SweepConfig, trial: Tria
     score = runner.stage(ScoreSpec(i_spec))
     init_ids, selected = select_images(score.folder, trial)
     runner.selected(selected)
-    a_spec = AnnotateSpec(recipe(own, trial.seed), tuple(sorted(init_ids + selected)))
+    after = after_selection(cfg, own, trial, init_ids + selected)
+    a_spec = after.annotate
     ann = runner.stage(a_spec)
     row.update(ap50=ann.result["ap50"], mae=ann.result["mae"], budget_s=budget_s,
                budget_days=budget_s / 86400.0, log_path=str(ann.dir))
@@ -257,18 +294,46 @@ def _stages(runner: TrialRunner, cfg: SweepConfig, own: SweepConfig, trial: Tria
     outcome.artifacts += [score.folder.image_scores, ann.folder.qualitative]
     if trial.pool_fraction is None:
         return
-    p_spec = PseudoSpec(a_spec)
-    pseudo = runner.stage(p_spec)
-    n_pseudo = round(trial.pool_fraction * cfg.data.n_additional)
-    seg = runner.stage(SegmentSpec(p_spec, n_pseudo))
+    assert after.pseudo is not None and after.segment is not None
+    pseudo = runner.stage(after.pseudo)
+    n_pseudo = after.segment.n_pseudo
+    seg = runner.stage(after.segment)
     seg_s = _budget(cfg, trial, n_additional=n_pseudo)
     row.update(seg_ap50=seg.result["ap50"], seg_budget_s=seg_s,
                seg_budget_days=seg_s / 86400.0, log_path=str(seg.dir))
     metrics.update(seg_ap50=row["seg_ap50"], pseudo_iou=pseudo.result["pseudo_iou"],
                    seg_budget_days=row["seg_budget_days"])
-    if cfg.study.control:   # the same strong images, no pseudo-labels: shared by fractions
-        ctl = runner.stage(ControlSpec(a_spec.recipe, a_spec.train_ids))
+    if after.control is not None:
+        ctl = runner.stage(after.control)
         row["ctl_ap50"] = metrics["ctl_ap50"] = ctl.result["ap50"]
+
+
+@dataclass(frozen=True)
+class AfterSelection:
+    """The stages of a trial that follow its selection."""
+
+    annotate: AnnotateSpec
+    pseudo: PseudoSpec | None = None      # when the trial trains a segmentation network
+    segment: SegmentSpec | None = None
+    control: ControlSpec | None = None    # strong-only RSIS (``study.control``)
+
+    def specs(self) -> list[StageSpec]:
+        return [s for s in (self.annotate, self.pseudo, self.segment, self.control)
+                if s is not None]
+
+
+def after_selection(cfg: SweepConfig, own: SweepConfig, trial: TrialConfig,
+                    train_ids: Sequence[int]) -> AfterSelection:
+    """The specs of the stages after selection, for the strong images ``train_ids``
+    (``own``: the sweep's config with the trial's Table-2 schedule)."""
+    a_spec = AnnotateSpec(recipe(own, trial.seed), tuple(sorted(int(i) for i in train_ids)))
+    if trial.pool_fraction is None:
+        return AfterSelection(a_spec)
+    p_spec = PseudoSpec(a_spec)
+    n_pseudo = round(trial.pool_fraction * cfg.data.n_additional)
+    # the control has the same strong images and no pseudo-labels: shared by fractions
+    control = ControlSpec(a_spec.recipe, a_spec.train_ids) if cfg.study.control else None
+    return AfterSelection(a_spec, p_spec, SegmentSpec(p_spec, n_pseudo), control)
 
 
 def job_name(cfg: SweepConfig, kind: str) -> str:
@@ -282,6 +347,10 @@ def _budget(cfg: SweepConfig, trial: TrialConfig, n_additional: int | None = Non
     labels for the ``n_additional`` pseudo-labelled images (segmentation network)."""
     from basis.budget import annotation_budget, segmentation_budget
 
+    # Every baseline but random is charged the pool's IL+C like predicted: the score-
+    # ranking ones need Eq. 2, and although the uncertainty and core-set baselines would
+    # need no IL+C from a plain RSIS, they read the sweep's annotation network, IoU-W-RSIS,
+    # which runs on the pool only given its IL+C labels.
     strategy = "random" if trial.mode == "random" else "closest"
     if n_additional is None:
         return annotation_budget(trial.N, strategy, pool_size=cfg.data.n_pool).seconds
@@ -289,14 +358,23 @@ def _budget(cfg: SweepConfig, trial: TrialConfig, n_additional: int | None = Non
                                pool_size=cfg.data.n_pool).seconds
 
 
-def _completed_row(sweep_dir: Path, key: str) -> dict[str, Any] | None:
+def _completed_row(sweep_dir: Path, key: str, code: str | None = None
+                   ) -> dict[str, Any] | None:
+    """The trial's COMPLETED row, if it has one computed by ``code`` (None: by any
+    code; a row of other code is stale and the trial runs again)."""
     path = records.exists(sweep_dir, "trials", key)
     if path is None:
         return None
     import pyarrow.parquet as pq
 
     row = pq.read_table(path).to_pylist()[0]
-    return row if row.get("status") == Status.COMPLETED.value else None
+    if row.get("status") != Status.COMPLETED.value:
+        return None
+    if code and row.get("code") != code:
+        log.info("trial %s was computed by code %s, this is %s: it runs again", key,
+                 row.get("code"), code)
+        return None
+    return row
 
 
 def _tune_trial_id() -> str:

@@ -27,8 +27,13 @@ STOP_TIMEOUT_S = 10.0
 
 
 def experiment_url(base: str, experiment_id: str) -> str:
-    """The UI page of one experiment, e.g. ``http://127.0.0.1:5000/#/experiments/1``."""
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}"
+    """The runs list of one experiment in the UI's model-training view, e.g.
+    ``http://127.0.0.1:5000/#/experiments/1/runs?workflowType=machine_learning``.
+
+    MLflow 3.17's UI opens an experiment in its GenAI view (a trace overview) unless the
+    URL or the browser's last choice says otherwise; older UIs ignore the parameter.
+    """
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 def ui_command(uri: str, port: int) -> list[str]:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from basis.data.base import DataError, ImageStats, InstanceDataset
-from basis.data.coco import COCOInstances
+from basis.data.coco import COCOInstances, find_image_root
 from basis.data.sbd import SBDInstances, find_sbd_root
 from basis.data.splits import TEST_ID_OFFSET
 from basis.data.synthetic import SyntheticConfig, SyntheticShapes
@@ -75,7 +75,11 @@ def open_splits(path: str | Path, fmt: str | None = None,
             raise DataError(f"{root}: no train.txt or val.txt")
         cls = (root / "cls").is_dir()
         return fmt, {s: SBDInstances(root, s, check_classes=cls) for s in names}
-    return fmt, {"all": COCOInstances(path, images)}
+    ds = COCOInstances(path, images)
+    if images is None:   # an images/ folder beside the JSON, then the JSON's own folder
+        ds.image_root = find_image_root(path, [str(im.get("file_name", ""))
+                                               for im in ds.coco.dataset["images"]])
+    return fmt, {"all": ds}
 
 
 def check(path: str | Path, fmt: str | None = None, images: str | Path | None = None,

@@ -56,6 +56,39 @@ def _load_coco(json_path: Path) -> COCO:
     return coco
 
 
+def load_coco(json_path: str | Path) -> COCO:
+    """A COCO instances file, checked (`DataError` naming the file and the entry): its
+    images, annotations and categories lists, and every annotation's image, category
+    and segmentation."""
+    return _load_coco(Path(json_path))
+
+
+#: Where the images of a COCO JSON are looked for, in order, relative to its folder.
+IMAGE_FOLDERS = ("images", ".")
+
+
+def find_image_root(json_path: str | Path, file_names: Sequence[str], probe: int = 20
+                    ) -> Path:
+    """The folder the ``file_name`` entries of a COCO JSON are relative to, when none is
+    given: an ``images/`` folder beside the JSON, then the JSON's own folder — the one
+    where most of the first ``probe`` file names exist (ties: that order). If none
+    holds any, ``images/`` when it exists, else the JSON's folder (the errors that
+    follow then name the missing files there)."""
+    base = Path(json_path).parent
+    names = list(file_names)[:probe]
+    best, hits = None, 0
+    for sub in IMAGE_FOLDERS:
+        root = (base / sub) if sub != "." else base
+        if not root.is_dir():
+            continue
+        n = sum((root / name).is_file() for name in names)
+        if n > hits:
+            best, hits = root, n
+    if best is not None:
+        return best
+    return base / "images" if (base / "images").is_dir() else base
+
+
 class COCOInstances(InstanceDataset):
     """A COCO-format instance-segmentation dataset.
 

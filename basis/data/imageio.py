@@ -80,3 +80,40 @@ def write_rgb(path: Path, image: torch.Tensor, quality: int = 98) -> None:
         im.save(path, quality=quality, subsampling=0)
     else:
         im.save(path)
+
+
+#: PIL modes that hold more than 8 bits per channel: refused by `probe_image`.
+WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def probe_image(path: Path) -> tuple[int, int, str]:
+    """Check that an image file can be read as the network reads it (`read_rgb`) →
+    ``(height, width, mode)``.
+
+    Greyscale, palette, RGBA and CMYK files are accepted (`read_rgb` converts them to
+    RGB). Files of more than 8 bits per channel are refused: PIL would clip 16-bit
+    greyscale to 255 and drop the low byte of 48-bit RGB, and the intended scaling is
+    not known.
+
+    Raises:
+        DataError: naming the file: missing, unreadable, or 16/32-bit.
+    """
+    if not path.is_file():
+        raise DataError(f"{path}: image file not found")
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(33)
+        with Image.open(path) as im:
+            mode, (w, h) = im.mode, im.size
+            im.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise DataError(f"{path}: cannot read image (corrupt or truncated?): {err}") from err
+    # byte 24 of a PNG is the bit depth of its IHDR chunk (48-bit RGB opens as "RGB")
+    depth = head[24] if head.startswith(_PNG_SIGNATURE) and len(head) > 24 else 8
+    if mode in WIDE_MODES or depth > 8:
+        bits = depth if depth > 8 else (32 if mode in ("I", "F") else 16)
+        raise DataError(f"{path}: {bits}-bit image (mode {mode}); "
+                        "refused, save it as 8-bit RGB or greyscale (the scaling of "
+                        "wider data is not known)")
+    return int(h), int(w), str(mode)

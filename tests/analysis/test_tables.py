@@ -47,3 +47,30 @@ def test_corrupt_file_is_named(tmp_path):
     (folder / "bad.parquet").write_bytes(b"not parquet at all")
     with pytest.raises(ResultsError, match="bad.parquet"):
         read(tmp_path, "trials")
+
+
+def test_table4_has_one_row_per_baseline_strategy_like_random():
+    rows = _rows()
+    extra = []
+    for seed in (0, 1):
+        extra += [dict(N=n, beta=None, seed=seed, mode=m, status="COMPLETED", ap50=ap + seed / 10)
+                  for m, ap in (("coreset", 0.05), ("entropy", 0.5), ("lowest", 0.1))
+                  for n in (40, 80)]
+        extra += [dict(N=n, beta=b, seed=seed, mode="band", status="COMPLETED", ap50=0.2)
+                  for b in (0.3, 0.6) for n in (40, 80)]
+    text = selection_table(pd.concat([rows, pd.DataFrame(extra)]), mode="predicted")
+    assert text.strip().splitlines()[-7:] == [
+        "| Random subset | 15.0 ± 7.1 | 35.0 ± 7.1 |",
+        "| β = 0.3 | 30.0 ± 7.1 | 20.0 (1/2) |",
+        "| Lowest score | 15.0 ± 7.1 | 15.0 ± 7.1 |",
+        "| Band, β = 0.3 | 20.0 ± 0.0 | 20.0 ± 0.0 |",
+        "| Band, β = 0.6 | 20.0 ± 0.0 | 20.0 ± 0.0 |",
+        "| Class entropy | **55.0 ± 7.1** | **55.0 ± 7.1** |",
+        "| Core-set (k-center) | 10.0 ± 7.1 | 10.0 ± 7.1 |",
+    ]
+    # a sweep of baselines alone still has its table (random and baseline rows)
+    only = pd.DataFrame(extra)
+    only = only[only["mode"] != "band"]
+    lines = selection_table(only, mode="predicted").strip().splitlines()
+    assert [line.split(" |")[0] for line in lines[-4:]] == [
+        "| Random subset", "| Lowest score", "| Class entropy", "| Core-set (k-center)"]

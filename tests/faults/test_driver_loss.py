@@ -39,7 +39,7 @@ def test_killed_driver_then_resume(tmp_path, point):
     sweep = tmp_path / "sweep"
     basis("sweep", str(CONFIG), "--profile", "local", "--sweep-dir", str(sweep), "--detach",
           timeout=60)
-    pid = int((sweep / "driver.pid").read_text())
+    pid = int((sweep / "driver.pid").read_text().split()[0])
     _wait(lambda: KILL_POINTS[point](sweep), 400, f"the kill point {point!r}")
     os.killpg(pid, signal.SIGKILL)      # the driver, Ray and its trial actors at once
     _wait(lambda: not _alive(pid), 30, "the driver to die")

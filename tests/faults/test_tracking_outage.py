@@ -64,7 +64,7 @@ def test_server_outage_then_sync(tmp_path):
     try:
         basis("sweep", str(CONFIG), "--sweep-dir", str(sweep), "--tracking-uri", server.uri,
               "--detach", timeout=120)
-        pid = int((sweep / "driver.pid").read_text())
+        pid = int((sweep / "driver.pid").read_text().split()[0])
         deadline = time.time() + 300
         while not list((sweep / "tracking").glob("*.run")):   # a trial reached MLflow
             assert time.time() < deadline and _alive(pid)

@@ -232,3 +232,11 @@ def test_slurm_job_name_and_policies_from_the_profile(tmp_path):
     assert ex._executor.parameters["job_name"] == "basis-demo-init"
     with pytest.raises(ProfileError, match="job name"):
         make_executor(ClusterProfile.load("local-slurm"), tmp_path, name="x;rm")
+
+
+@pytest.mark.parametrize("bad", [0, -1.5, "fast", True])
+def test_throughput_must_be_a_positive_number(bad):
+    with pytest.raises(ProfileError, match="throughput_img_s"):
+        ClusterProfile(name="t", throughput_img_s=bad)
+    with pytest.raises(ProfileError, match="stages.score.*throughput_img_s"):
+        ClusterProfile(name="t", stages={"score": {"throughput_img_s": bad}})

@@ -104,3 +104,27 @@ def test_table2_schedules_add_random_trials_with_their_own_settings():
                        (["joint"], "mapping")]:
         with pytest.raises(ConfigError, match=match):
             SweepConfig.from_dict({**raw, "study": {**raw["study"], "schedules": bad}})
+
+
+def test_strategies_add_one_mode_per_baseline_band_per_beta():
+    cfg = _with(N=[40], beta=[0.3, 0.6], random_baseline=False,
+                strategies=["lowest", "band", "entropy", "coreset"])
+    arms = [(a.mode, a.beta) for a in cfg.arms()]
+    assert arms == [("predicted", 0.3), ("predicted", 0.6), ("lowest", None),
+                    ("band", 0.3), ("band", 0.6), ("entropy", None), ("coreset", None)]
+    keys = [t.key for t in cfg.trials()]
+    assert "entropy-bnone-N40-s0" in keys and "band-b0.60-N40-s0" in keys
+    assert _with(modes=[], random_baseline=False, strategies=["coreset"]).n_trials() == 2
+
+
+@pytest.mark.parametrize("study,message", [
+    ({"strategies": ["uncertainty"]}, "study.strategies has ['uncertainty']; allowed: band, "
+     "lowest, highest, stratified, entropy, least_confidence, mask_entropy, coreset"),
+    ({"strategies": ["random"]}, "study.strategies has ['random']"),
+    ({"strategies": ["lowest", "lowest"]}, "study.strategies repeats"),
+    ({"strategies": ["band"], "beta": []}, "band selects around β"),
+])
+def test_bad_strategies_are_one_config_error(study, message):
+    with pytest.raises(ConfigError) as err:
+        _with(**study)
+    assert message in str(err.value) and "\n" not in str(err.value)

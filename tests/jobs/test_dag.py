@@ -190,3 +190,54 @@ def test_nested_specs_address_their_inputs(tmp_path):
     assert score.inputs() == {"init": i0}
     assert score.flat()["init"] == i0.dirname
     assert score.folder(tmp_path).of(i0) == i0.folder(tmp_path)
+
+
+def _compute(tmp_path, s):
+    return dag.ensure(tmp_path, s, lambda sp, f: writer(f, sp.value), FakeExecutor)
+
+
+def test_a_stage_of_other_code_is_stale_and_reused_only_when_asked(tmp_path, monkeypatch):
+    from jobs import specs
+
+    monkeypatch.setattr(specs, "_REUSE", {})
+    a = spec(seed=7, value=3)
+    old = _compute(tmp_path, a).folder
+    assert json.loads(old.config.read_text())["code"] == specs.code_fingerprint()
+    assert specs.StageIndex(tmp_path / "stages").stale(a) is None   # done: not stale
+    monkeypatch.setattr(specs, "code_fingerprint", lambda: "new-code")
+    index = specs.StageIndex(tmp_path / "stages")
+    assert index.stale(a) == old and old.read_code() != "new-code"
+    assert index.stale(spec(seed=8, value=3)) is None                # another spec
+    assert a.folder(tmp_path) != old                                  # recomputed …
+    specs.reuse_stale(tmp_path)
+    assert a.folder(tmp_path) == old                                  # … unless reused
+    assert dag.ensure(tmp_path, a, lambda sp, f: writer(f, -1), FakeExecutor).result == {
+        "value": 3}
+    monkeypatch.setattr(specs, "_REUSE", {})
+    fresh = _compute(tmp_path, a)
+    assert fresh.computed and fresh.folder != old and fresh.folder.read_code() == "new-code"
+    assert specs.StageIndex(tmp_path / "stages").stale(a) is None     # done again
+
+
+def test_clean_removes_only_the_checkpoints_of_done_stages(tmp_path):
+    import yaml
+
+    from jobs.ops import clean
+
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"name": "x"}))
+    (tmp_path / "sweep.json").write_text("{}")
+    done = _compute(tmp_path, spec(seed=1)).folder
+    running = spec(seed=2).folder(tmp_path)
+    running.path.mkdir(parents=True)
+    for f in (done, running):
+        f.ckpt.write_bytes(b"x" * 1000)
+        f.model.write_bytes(b"w")
+    (done.path / ".ckpt.pt.abc.tmp").write_bytes(b"y" * 24)
+    listed = clean(tmp_path, dry_run=True)
+    assert sorted(p.name for p, _ in listed.removed) == [".ckpt.pt.abc.tmp", "ckpt.pt"]
+    assert listed.bytes == 1024 and done.ckpt.exists()
+    assert "would remove 2 file(s), 1.0 KiB would be freed" in listed.lines()[-1]
+    cleaned = clean(tmp_path)
+    assert cleaned.bytes == 1024 and not done.ckpt.exists() and done.model.exists()
+    assert running.ckpt.exists() and done.result.exists() and done.metrics.exists()
+    assert clean(tmp_path).removed == []

@@ -16,10 +16,12 @@ HERE = Path(__file__).resolve().parent
 CONFIG = HERE / "sweep_tiny.yaml"
 
 
-def basis(*args: str, timeout: int = 900, code: int = 0) -> subprocess.CompletedProcess:
+def basis(*args: str, timeout: int = 900, code: int = 0,
+          env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "jobs.cli", *args]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                         cwd=HERE.parent.parent, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                         cwd=HERE.parent.parent,
+                         env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
     assert out.returncode == code, f"{cmd} failed:\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}"
     return out
 
@@ -82,6 +84,28 @@ def check_records(sweep: Path, n_trials: int, table: bool = True) -> list[str]:
     return sorted(ids)
 
 
+#: The most ``sacct``/``squeue`` calls a running trial may make in a minute: submitit polls
+#: a job 0, 2, 4, 8, 16, 32 s after it was submitted and then every minute at most, so
+#: a trial whose stage jobs last seconds calls about 6 times per job and minute.
+SCHEDULER_CALLS_PER_MINUTE_PER_TRIAL = 20
+
+
+def _counting_shims(folder: Path, log: Path) -> Path:
+    """``sacct`` and ``squeue`` that log each call (time, name) and run the real one."""
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("sacct", "squeue"):
+        real = shutil.which(name)
+        assert real, f"{name} is not installed"
+        shim = folder / name
+        shim.write_text(f'#!/bin/sh\necho "$(date +%s.%N) {name}" >> "{log}"\n'
+                        f'exec "{real}" "$@"\n')
+        shim.chmod(0o755)
+    log.touch()
+    return folder
+
+
 @pytest.mark.slow
 @pytest.mark.slurm
 def test_grid_on_local_slurm_shares_init_and_score_per_seed(slurm_cluster, tmp_path):
@@ -95,8 +119,20 @@ def test_grid_on_local_slurm_shares_init_and_score_per_seed(slurm_cluster, tmp_p
     config = tmp_path / "grid.yaml"
     config.write_text(yaml.safe_dump(raw))
     sweep = tmp_path / "sweep"
-    out = basis("sweep", str(config), "--profile", "local-slurm", "--sweep-dir", str(sweep))
+    calls = tmp_path / "scheduler-calls.log"
+    out = basis("sweep", str(config), "--profile", "local-slurm", "--sweep-dir", str(sweep),
+                env={"PATH": f"{_counting_shims(tmp_path / 'bin', calls)}:{os.environ['PATH']}"})
     assert "Table 4" in out.stdout and "Table 3" in out.stdout
+    # the scheduler's load: sacct/squeue calls per minute are bounded by the trials that
+    # run at once (each polls its own jobs), not by the 20 trials of the grid
+    stamps = sorted(float(line.split()[0]) for line in calls.read_text().splitlines())
+    per_minute = max(sum(1 for t in stamps if t0 <= t < t0 + 60) for t0 in stamps)
+    concurrent = int(yaml.safe_load((HERE.parent.parent / "slurm" / "profiles" /
+                                     "local-slurm.yaml").read_text())["max_concurrent_trials"])
+    minutes = (stamps[-1] - stamps[0]) / 60
+    print(f"scheduler calls: {len(stamps)} in {minutes:.1f} min, at most {per_minute} in "
+          f"a minute, {concurrent} trials at once")
+    assert per_minute <= SCHEDULER_CALLS_PER_MINUTE_PER_TRIAL * concurrent, per_minute
     assert "mlflow ui --backend-store-uri" in out.stdout
     job_ids = check_records(sweep, n_trials=20, table=False)
 
@@ -131,7 +167,7 @@ def test_detached_sweep_on_local_executor_then_resume_without_rework(tmp_path):
     out = basis("sweep", str(CONFIG), "--profile", "local", "--sweep-dir", str(sweep),
                 "--detach", timeout=60)
     assert "runs detached" in out.stdout and (sweep / "driver.pid").exists()
-    pid = int((sweep / "driver.pid").read_text())
+    pid = int((sweep / "driver.pid").read_text().split()[0])
     deadline = time.time() + 600
     while time.time() < deadline and _alive(pid):
         time.sleep(2)

@@ -1,4 +1,5 @@
 import pyarrow.parquet as pq
+import pytest
 
 from analysis.schema import to_table
 from jobs.config import TrialConfig
@@ -121,3 +122,34 @@ def test_every_stage_kind_is_one_a_profile_can_set_resources_for():
     from jobs.stages import JOBS
 
     assert {spec.kind for spec in JOBS} <= set(STAGE_KINDS)
+
+
+def test_select_images_by_baseline_strategy(tmp_path):
+    import numpy as np
+
+    from analysis.schema import to_table as table_of
+
+    rows = [{"image_id": i, "seed": 0, "score_pred": s, "iou_true": 0.5, "n_objects": 1,
+             "mean_object_area": 0.1, "in_init": i < 2, "entropy": e,
+             "least_confidence": e / 2, "mask_entropy": 0.1 * i}
+            for i, (s, e) in enumerate([(0.5, 0.0), (0.5, 0.0), (0.1, 0.9), (0.32, 0.2),
+                                        (0.58, 1.3), (0.9, 0.31), (0.27, 0.0)])]
+    pq.write_table(table_of("image_scores", rows), tmp_path / "image_scores.parquet")
+    feats = np.array([[0, 0], [1, 0], [9, 9], [1, 1], [0, -8], [2, 0], [0, 1]], np.float32)
+    with open(tmp_path / "features.npz", "wb") as fh:
+        np.savez(fh, image_id=np.arange(7), features=feats)
+
+    def chosen(mode, beta=None):
+        init, ids = select_images(tmp_path, TrialConfig(4, beta, 0, mode, 2))
+        assert init == [0, 1] and len(ids) == 2 and not set(ids) & {0, 1}
+        return ids
+
+    assert chosen("lowest") == [2, 6] and chosen("highest") == [5, 4]
+    assert chosen("entropy") == [4, 2] and chosen("least_confidence") == [4, 2]
+    assert chosen("mask_entropy") == [6, 5]
+    assert chosen("coreset") == [2, 4]           # (9, 9) first, then (0, -8)
+    assert set(chosen("band", 0.3)) == {3, 6}     # 0.32 and 0.27 within 0.3 ± 0.1
+    assert len(set(chosen("stratified"))) == 2
+    (tmp_path / "features.npz").unlink()          # a score stage of older code
+    with pytest.raises(ValueError, match="without --reuse-stale"):
+        chosen("coreset")
