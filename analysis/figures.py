@@ -9,6 +9,9 @@ state, so importing this never changes the caller's backend).
   as a dotted line; oracle and predicted columns.
 * `image_grid` (Fig. 6): the first selected images per β, only when the sweep saved
   image files (``SWEEP/images/<image_id>.png`` or ``SWEEP/stages/*/images/``).
+* `ap_vs_days`: AP@0.5 vs annotation days, one panel per N, one line per strategy/mode
+  (mean over seeds), a marker per selection round (``study.rounds``; the ``rounds``
+  table), ±std (ddof=1) as error bars.
 
 Each function writes ``<stem>.png`` (``dpi`` 100, the size given in pixels below) and
 ``<stem>.pdf`` and returns both paths.
@@ -28,7 +31,10 @@ from analysis.schema import Status
 MODES = ("oracle", "predicted")
 DPI = 100
 #: (width, height) in pixels of each figure's PNG.
-SIZES = {"ap_vs_beta": (1000, 420), "subsets": (1000, 700), "image_grid": None}
+SIZES = {"ap_vs_beta": (1000, 420), "subsets": (1000, 700), "image_grid": None,
+         "ap_vs_days": (1000, 420)}
+#: The marker of selection round 1, 2, … in `ap_vs_days` (then again from the first).
+ROUND_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
@@ -117,6 +123,65 @@ def ap_vs_beta(trials: pd.DataFrame, stem: str | Path, metric: str = "ap50",
         ax.legend(fontsize=8, loc="best")
     _same_ylim(list(axes))
     fig.suptitle("AP@0.5 vs β: mean ± std over seeds; dashed: random selection")
+    fig.tight_layout()
+    return _save(fig, Path(stem))
+
+
+def _arm_label(mode: str, beta: float | None) -> str:
+    return str(mode) if beta is None else f"{mode}, β = {beta:.1f}"
+
+
+def ap_vs_days(rounds: pd.DataFrame, stem: str | Path, scale: float = 100.0) -> list[Path]:
+    """AP@0.5 vs annotation days per N: one line per strategy/mode (and β), through the
+    mean (over seeds) of each selection round, marked by round."""
+    from matplotlib import colormaps
+    from matplotlib.lines import Line2D
+
+    ok = rounds[rounds["status"].fillna(Status.COMPLETED.value) == Status.COMPLETED.value]
+    ns = sorted(int(n) for n in rounds["N"].dropna().unique())
+    fig = _figure(SIZES["ap_vs_days"])
+    axes = np.atleast_1d(fig.subplots(1, max(len(ns), 1), squeeze=False)[0])
+    arms = sorted({(str(m), None if pd.isna(b) else float(b))
+                   for m, b in ok[["mode", "beta"]].itertuples(index=False)},
+                  key=lambda a: (a[0] != "random", a[0], -1.0 if a[1] is None else a[1]))
+    colors = {arm: colormaps["tab10"](i % 10) for i, arm in enumerate(arms)}
+    numbers = sorted(int(r) for r in ok["round"].dropna().unique())
+    for ax, n in zip(axes, ns or [-1]):
+        part = ok[ok["N"] == n]
+        ax.set_title(f"N = {n}" if n >= 0 else "")
+        if part.empty:
+            _grey(ax, "no completed rounds" + (f"\nat N = {n}" if n >= 0 else ""))
+            continue
+        for arm in arms:
+            mode, beta = arm
+            mine = part[(part["mode"] == mode) & (part["beta"].isna() if beta is None
+                                                  else (part["beta"] - beta).abs() < 1e-9)]
+            pts = []
+            for r in numbers:
+                at = mine[mine["round"] == r]
+                if at.empty:
+                    continue
+                ap, sd = _mean_std(at["ap50"])
+                pts.append((r, float(at["budget_days"].mean()), ap * scale, sd * scale))
+            if not pts:
+                continue
+            xs, ys = [p[1] for p in pts], [p[2] for p in pts]
+            ax.plot(xs, ys, "-", color=colors[arm], linewidth=1.4)
+            for r, x, y, sd in pts:
+                ax.errorbar([x], [y], yerr=[sd], color=colors[arm], capsize=2,
+                            marker=ROUND_MARKERS[(r - 1) % len(ROUND_MARKERS)], markersize=6,
+                            elinewidth=0.8)
+        ax.set_xlabel("annotation days (Table-1 costs)")
+        ax.set_ylabel("AP@0.5 (%)")
+        ax.margins(x=0.08, y=0.12)
+        ax.grid(alpha=0.3)
+    handles = [Line2D([], [], color=colors[a], label=_arm_label(*a)) for a in arms]
+    handles += [Line2D([], [], color="0.2", linestyle="none", label=f"round {r}",
+                       marker=ROUND_MARKERS[(r - 1) % len(ROUND_MARKERS)]) for r in numbers]
+    if handles:
+        axes[-1].legend(handles=handles, fontsize=8, loc="best")
+    _same_ylim(list(axes))
+    fig.suptitle("AP@0.5 vs annotation days per selection round: mean ± std over seeds")
     fig.tight_layout()
     return _save(fig, Path(stem))
 

@@ -50,8 +50,9 @@ def read(sweep: str | Path, name: str) -> pd.DataFrame:
 def read_optional(sweep: str | Path, name: str) -> pd.DataFrame | None:
     """Like `read`, but ``None`` when the sweep has no folder for table ``name``.
 
-    ``image_scores`` falls back to the init stages' own files
-    (``SWEEP/stages/score-*/image_scores.parquet``) when ``results/image_scores`` is absent.
+    ``image_scores`` falls back to the score stages' own files
+    (``SWEEP/stages/score-*/image_scores.parquet``) when ``results/image_scores`` is absent:
+    the initial networks' scores, not those of a later round's annotation network.
     """
     try:
         return read(sweep, name)
@@ -66,7 +67,7 @@ def read_optional(sweep: str | Path, name: str) -> pd.DataFrame | None:
 def _stage_image_scores(sweep: Path) -> pd.DataFrame | None:
     # only finished stages: a stage writes its files before its DONE marker
     files = sorted(p for p in sweep.glob("stages/*/image_scores.parquet")
-                   if (p.parent / "DONE").exists())
+                   if (p.parent / "DONE").exists() and not _round_scores(p.parent))
     if not files:
         return None
     frames = []
@@ -76,6 +77,18 @@ def _stage_image_scores(sweep: Path) -> pd.DataFrame | None:
         except Exception as err:
             raise ResultsError(f"{f}: not a readable Parquet file ({err})") from err
     return pd.concat(frames, ignore_index=True)
+
+
+def _round_scores(stage: Path) -> bool:
+    """Whether a stage folder holds a round's re-scoring of the pool by an annotation
+    network (``study.rounds`` > 1; its result names the ``network``), not the initial
+    network's scores."""
+    import json
+
+    try:
+        return json.loads((stage / "result.json").read_text()).get("network") == "annotate"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _scalar(text: str) -> object:

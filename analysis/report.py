@@ -4,8 +4,9 @@ it, and what is missing (failed trials, cells without all their seeds, grid cell
 run yet).
 
 Layout under ``SWEEP/report/`` (or ``--out``): ``report.md``, ``report.html``,
-``figures/*.png|pdf``, ``tables/table<N>.{md,tex,csv}``. The pages link the figures by
-relative path, so the folder can be copied as a whole.
+``figures/*.png|pdf``, ``tables/table<N>.{md,tex,csv}`` and ``tables/rounds.{md,tex,csv}``
+(AP vs annotation days per selection round). The pages link the figures by relative
+path, so the folder can be copied as a whole.
 """
 from __future__ import annotations
 
@@ -113,7 +114,7 @@ class Report:
     md: Path
     html: Path
     figures: list[Path]
-    tables: dict[int, tables.Table]
+    tables: dict[int | str, tables.Table]     # 2–8 and "rounds"
 
 
 def _qualitative(sweep: Path) -> list[Path]:
@@ -165,7 +166,8 @@ def build(sweep: str | Path, out: str | Path | None = None) -> Report:
 
     # ------------------------------------------------------------ tables
     section("Tables")
-    built: dict[int, tables.Table] = {}
+    built: dict[int | str, tables.Table] = {}
+    rounds = read_optional(sweep, "rounds")
     if trials.empty:
         para("No trials recorded yet: no tables.")
     else:
@@ -177,6 +179,15 @@ def build(sweep: str | Path, out: str | Path | None = None) -> Report:
                 continue
             for form, ext in (("md", "md"), ("latex", "tex"), ("csv", "csv")):
                 (tab_dir / f"table{number}.{ext}").write_text(tables.fmt(t, form))
+            md.extend([f"### {t.title}", "", tables.to_markdown(t)])
+            body.append(f"<h3>{html.escape(t.title)}</h3>")
+            body.append(tables.to_html(t))
+        t = built["rounds"] = tables.rounds_table(rounds)
+        if t.absent:
+            para(t.absent)
+        else:
+            for form, ext in (("md", "md"), ("latex", "tex"), ("csv", "csv")):
+                (tab_dir / f"rounds.{ext}").write_text(tables.fmt(t, form))
             md.extend([f"### {t.title}", "", tables.to_markdown(t)])
             body.append(f"<h3>{html.escape(t.title)}</h3>")
             body.append(tables.to_html(t))
@@ -202,6 +213,13 @@ def build(sweep: str | Path, out: str | Path | None = None) -> Report:
                                     fig_dir / "subsets")
             image(made[-2], "Fig. 5: objects per image and mean object size of the "
                   "images each β selects (mean ± std over the selected images).")
+        if rounds is None or rounds.empty:
+            para("AP vs annotation days skipped: the sweep has no rounds table (trials of "
+                 "a basis before study.rounds).")
+        else:
+            made += figures.ap_vs_days(tables.annotation_trials(rounds), fig_dir / "ap_vs_days")
+            image(made[-2], "AP@0.5 vs annotation days per N: one line per strategy, a "
+                  "marker per selection round (mean ± std over seeds).")
         files = figures.image_files(sweep)
         grid = None
         if files and selections is not None:

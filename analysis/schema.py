@@ -85,8 +85,34 @@ SELECT_SCORES = pa.schema([
 SELECTIONS = pa.schema([
     pa.field("trial", pa.string()),
     pa.field("image_id", pa.int64()),
-    pa.field("rank", pa.int64()),
+    pa.field("rank", pa.int64()),            # 0 = first pick; later rounds follow earlier ones
     pa.field("mode", pa.string()),
+    pa.field("round", pa.int64()),           # the selection round, 1 … study.rounds (null:
+                                             # written before rounds, i.e. round 1)
+])
+
+#: One row per selection round a trial finished (``study.rounds``; one row for the
+#: one-shot selection): its annotation network's AP and its annotation budget so far.
+ROUNDS = pa.schema([
+    pa.field("trial", pa.string()),
+    pa.field("mode", pa.string()),           # (partition)
+    pa.field("N", pa.int64()),               # images labelled after the last round
+    pa.field("beta", pa.float64()),
+    pa.field("seed", pa.int64()),
+    pa.field("n_init", pa.int64()),
+    pa.field("pool_fraction", pa.float64()),
+    pa.field("variant", pa.string()),
+    pa.field("round", pa.int64()),           # 1 … rounds
+    pa.field("rounds", pa.int64()),          # R of the sweep
+    pa.field("n_selected", pa.int64()),      # N' of this round
+    pa.field("n_labelled", pa.int64()),      # n_init + the images selected so far
+    pa.field("ap50", pa.float64()),          # AP@0.5 of this round's annotation network
+    pa.field("mae", pa.float64()),
+    pa.field("budget_s", pa.float64()),      # annotation cost of the images labelled so
+    pa.field("budget_days", pa.float64()),   # far (+ the pool's IL+C for score selections)
+    pa.field("status", pa.string()),         # the trial's final `Status`
+    pa.field("stage_dir", pa.string()),      # the round's annotate stage folder
+    pa.field("code", pa.string()),
 ])
 
 #: One row per epoch of every training stage a trial ran.
@@ -104,10 +130,12 @@ TABLES: dict[str, pa.Schema] = {
     "image_scores": IMAGE_SCORES,
     "selections": SELECTIONS,
     "epochs": EPOCHS,
+    "rounds": ROUNDS,
 }
 #: Hive partition key per table (dropped from the file, recovered from the folder name).
 PARTITIONS: dict[str, str | None] = {
     "trials": "mode", "image_scores": None, "selections": "mode", "epochs": "mode",
+    "rounds": "mode",
 }
 
 

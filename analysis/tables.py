@@ -12,6 +12,10 @@
   trials with the whole additional pool pseudo-labelled (``pool_fraction`` 1 or
   unset), Table 7 those with a smaller fraction (the paper's 50 %).
 * Tables 6 and 8: the annotation budgets of the same configurations, in days.
+* ``rounds``: AP@0.5 ×100 vs annotation days per selection round and strategy
+  (``study.rounds``; the ``rounds`` table): rows one per arm (random, each mode's β,
+  each baseline) and round, column groups (images labelled, annotation days, AP) × N;
+  the best AP per N and round in bold.
 
 Every cell is the mean over seeds; AP and MAE cells add ``± std``, the *sample*
 standard deviation (``ddof=1``, as the paper's "5 runs" suggests); a cell with a single
@@ -73,7 +77,7 @@ class Table:
     ``absent`` holds the one-line reason when the sweep has no data for the table.
     """
 
-    number: int
+    number: int | str          # 2–8, or "rounds"
     title: str
     note: str = ""
     columns: list[str] = field(default_factory=list)
@@ -359,6 +363,72 @@ def networks(trials: pd.DataFrame, number: int) -> Table:
                  corner="Selection")
 
 
+# ---------------------------------------------------------------- rounds
+
+ROUNDS_TITLE = "Rounds — AP@0.5 vs annotation days per round and strategy"
+MODE_LABELS = {"predicted": "Predicted IoU", "oracle": "Oracle IoU"}
+
+
+def round_arms(rounds: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """The arms of ``rounds`` (or of any table with ``mode`` and ``beta``), labelled and in
+    the order of Tables 3/4: random, predicted and oracle per β, then the baselines
+    (``band`` per β)."""
+    out: list[tuple[str, pd.DataFrame]] = []
+    if (rounds["mode"] == "random").any():
+        out.append(("Random subset", rounds[rounds["mode"] == "random"]))
+    for mode in (*MODE_LABELS, *_baselines(rounds)):
+        part = rounds[rounds["mode"] == mode]
+        if part.empty:
+            continue
+        label = MODE_LABELS.get(mode) or BASELINES.get(mode, mode)
+        betas = sorted(part["beta"].dropna().unique())
+        out += ([(f"{label}, β = {b:.1f}", part[part["beta"] == b]) for b in betas]
+                or [(label, part)])
+    return out
+
+
+def rounds_table(rounds: pd.DataFrame | None) -> Table:
+    """AP@0.5 ×100 and annotation days per selection round and strategy, from the
+    ``rounds`` table (one row per trial and round)."""
+    title = ROUNDS_TITLE
+    if rounds is None or rounds.empty:
+        return Table("rounds", title, absent="Rounds: no rounds recorded in this sweep "
+                     "(trials of a basis before study.rounds, or none finished a round).")
+    rounds = annotation_trials(rounds)
+    ok = rounds[_col(rounds, "status").fillna(Status.COMPLETED.value)
+                == Status.COMPLETED.value]
+    ns, n_seeds = _ns(rounds), len(_seeds(rounds))
+    numbers = sorted(int(r) for r in rounds["round"].dropna().unique())
+    rows: list[tuple[str, list[Cell]]] = []
+    round_of: list[int] = []
+    for label, arm in round_arms(ok):
+        for r in numbers:
+            part = arm[arm["round"] == r]
+            if part.empty:
+                continue
+            at = [part[part["N"] == n] for n in ns]
+            rows.append((f"{label}, round {r}",
+                         [_cell(a["n_labelled"], 0, 1.0, 0, show_std=False) for a in at]
+                         + [_cell(a["budget_days"], 0, 1.0, 2, show_std=False) for a in at]
+                         + [_cell(a["ap50"], n_seeds, 100.0) for a in at]))
+            round_of.append(r)
+    for r in numbers:            # the best AP per N among the arms at the same round:
+        # the images and days cells are stand-ins without a mean, so only AP is marked
+        _mark_best([(lab, [c if j >= 2 * len(ns) else Cell(c.text) for j, c in enumerate(cells)])
+                    for (lab, cells), k in zip(rows, round_of) if k == r])
+    failed = int(rounds.loc[_col(rounds, "status").fillna(Status.COMPLETED.value)
+                            != Status.COMPLETED.value, "trial"].nunique())
+    note = (f"{title}: per round, the images labelled so far (n_init + selected), their "
+            "annotation days (Table-1 costs: masks for those, IL+C for the rest of the pool "
+            f"where the selection scores it) and AP@0.5 ×100, mean ± std (ddof=1) over "
+            f"{_seed_note(rounds)}; best AP per N and round in bold"
+            + (f"; {failed} failed trial(s) left out, see the trials table" if failed else ""))
+    groups = [("Images labelled", len(ns)), ("Annotation days", len(ns)),
+              ("AP@0.5 ×100", len(ns))]
+    return Table("rounds", title, note, [str(n) for n in ns] * 3, rows, groups,
+                 corner="Selection, round")
+
+
 # ---------------------------------------------------------------- dispatch
 
 
@@ -490,10 +560,20 @@ def to_html(t: Table) -> str:
 # ---------------------------------------------------------------- entry points
 
 
-def render(sweep: str | Path, mode: str = "predicted", table: int | None = None,
+def render(sweep: str | Path, mode: str = "predicted", table: int | str | None = None,
            form: str = "md") -> str:
-    """Read ``SWEEP/results`` and render one table: ``table`` (2–8) if given, else the
-    selection table of ``mode`` (Table 4 for predicted, Table 3 for oracle)."""
+    """Read ``SWEEP/results`` and render one table: ``table`` (2–8, or ``rounds``) if
+    given, else the selection table of ``mode`` (Table 4 for predicted, Table 3 for
+    oracle)."""
+    if isinstance(table, str) and table.isdigit():
+        table = int(table)
+    if table == "rounds":
+        from analysis.io import read_optional
+
+        read(sweep, "trials")          # a folder with no results is an error, as for 2–8
+        return fmt(rounds_table(read_optional(sweep, "rounds")), form)
+    if isinstance(table, str):
+        raise ValueError(f"no table {table!r}: choose one of {NUMBERS} or rounds")
     trials = read(sweep, "trials")
     if table is None:
         if trials.empty:

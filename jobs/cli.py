@@ -400,10 +400,11 @@ def parser() -> argparse.ArgumentParser:
     tp.add_argument("sweep", help="sweep folder")
     tp.add_argument("--mode", default="predicted", choices=("predicted", "oracle"),
                     help="predicted → Table 4 shape, oracle → Table 3 shape")
-    tp.add_argument("--table", type=int, choices=(2, 3, 4, 5, 6, 7, 8),
+    tp.add_argument("--table", type=lambda v: int(v) if v.isdigit() else v,
+                    choices=(2, 3, 4, 5, 6, 7, 8, "rounds"),
                     help="paper table: 2 MAE by IoU schedule, 3 oracle, 4 predicted, "
-                    "5/7 annotation vs segmentation AP, 6/8 budgets in days "
-                    "(overrides --mode)")
+                    "5/7 annotation vs segmentation AP, 6/8 budgets in days; rounds: AP "
+                    "vs annotation days per selection round (overrides --mode)")
     tp.add_argument("--format", default="md", choices=("md", "latex", "csv"),
                     help="Markdown (default), LaTeX tabular or long-format CSV")
     tp.set_defaults(func=_tables)

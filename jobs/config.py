@@ -136,6 +136,10 @@ class StudyConfig:
     network (Tables 5/7); empty means every arm.
     ``strategies`` adds acquisition baselines (`STUDY_STRATEGIES`), each a ``mode`` value
     of its own: ``band`` for every β, the others once per N and seed (β-free).
+    ``rounds`` splits each trial's N − n_init selected images over R selection rounds
+    (`basis.selection.plan_rounds`): round 1 selects from the initial network's scores,
+    round r + 1 from those of round r's annotation network, trained on the initial and
+    the selected images so far; 1 is the paper's one-shot selection.
     """
 
     n_init: int = 20
@@ -151,6 +155,7 @@ class StudyConfig:
     segment_betas: tuple[float, ...] = ()        # β of those arms that segment
     control: bool = True       # with segment: also RSIS on the strong images alone (Table 5)
     schedules: tuple[Mapping[str, str], ...] = ()  # Table 2: extra IoU-branch settings
+    rounds: int = 1            # selection rounds per trial (1: the paper's one-shot selection)
 
 
 @dataclass(frozen=True)
@@ -298,6 +303,7 @@ class SweepConfig:
                               f"{', '.join(STUDY_STRATEGIES)}")
         if len(set(s.strategies)) != len(s.strategies):
             raise ConfigError(f"study.strategies repeats a strategy: {list(s.strategies)}")
+        self._validate_rounds()
         if not s.beta and set(s.strategies) & set(BETA_STRATEGIES):
             raise ConfigError("study.strategies: band selects around β and needs study.beta")
         for b in s.beta:
@@ -311,6 +317,18 @@ class SweepConfig:
         if bad:
             raise ConfigError(f"study.segment_betas has {bad}, not in study.beta")
         self._validate_schedules()
+
+    def _validate_rounds(self) -> None:
+        """``study.rounds`` ≥ 1, and every round selects ≥ 1 image for every N."""
+        s = self.study
+        r = s.rounds
+        if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+            raise ConfigError(f"study.rounds={r!r} must be an int ≥ 1 (1: one selection)")
+        for n in s.N:
+            if s.n_init < int(n) < s.n_init + r:   # N ≤ n_init is refused with study.N
+                raise ConfigError(f"study.rounds={r} is more than the {int(n) - s.n_init} "
+                                  f"images to select at study.N={n} (n_init {s.n_init}): "
+                                  "every round must select at least one image")
 
     def _validate_schedules(self) -> None:
         seen = set()
@@ -394,9 +412,13 @@ class SweepConfig:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
     def fingerprint(self) -> str:
-        """Hash of everything that changes results (not the profile)."""
+        """Hash of everything that changes results (not the profile). ``study.rounds``
+        counts only when set above 1, so a one-shot sweep keeps the fingerprint it had
+        before rounds existed."""
         d = self.to_dict()
         d.pop("profile")
+        if d["study"].get("rounds") == 1:
+            d["study"].pop("rounds")
         return digest(d)
 
     def flat(self) -> dict[str, Any]:

@@ -20,13 +20,15 @@ if TYPE_CHECKING:   # the dag imports submitit; observers need only its types
 @dataclass
 class TrialOutcome:
     """How a trial ended: its status, its Parquet row (the trial's flat config, its
-    results, where to look), the final metrics and the files worth attaching."""
+    results, where to look), the final metrics, the files worth attaching and one row
+    per selection round it finished (the ``rounds`` table, `analysis.schema.ROUNDS`)."""
 
     trial: TrialConfig
     status: Status
     row: dict[str, Any]
     metrics: dict[str, float | None] = field(default_factory=dict)
     artifacts: list[Path] = field(default_factory=list)
+    rounds: list[dict[str, Any]] = field(default_factory=list)   # its ``rounds`` rows
 
     def final(self) -> dict[str, Any]:
         """The row as reported to Tune (without the long log path)."""
@@ -54,8 +56,9 @@ class TrialObserver:
     def epoch(self, record: dict[str, Any]) -> None:
         """A per-epoch record of a running stage: ``{"stage", "epoch", metric: value}``."""
 
-    def selected(self, trial: TrialConfig, selected: list[int]) -> None:
-        """The images the trial's selection chose, in rank order."""
+    def selected(self, trial: TrialConfig, selected: list[int], round_no: int = 1) -> None:
+        """The images selection round ``round_no`` (1 … ``study.rounds``) chose, in rank
+        order; called once per round."""
 
     def trial_finished(self, outcome: TrialOutcome) -> None:
         """The trial ended (completed or failed)."""

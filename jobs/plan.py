@@ -249,7 +249,8 @@ def build(cfg: SweepConfig, profile: ClusterProfile, sweep_dir: Path,
         add(i_spec, trial.key)
         s_spec = ScoreSpec(i_spec)
         score = add(s_spec, trial.key)
-        after = _after(cfg, own, trial, s_spec, score, sweep_dir, index)
+        after = (_rounds(cfg, own, trial) if cfg.study.rounds > 1 else
+                 _after(cfg, own, trial, s_spec, score, sweep_dir, index))
         for spec in after.specs():
             add(spec, trial.key)
         if isinstance(after, _Unknown):
@@ -311,6 +312,27 @@ class _Unknown:
 
     def specs(self) -> list[Any]:
         return []
+
+
+def _rounds(cfg: SweepConfig, own: SweepConfig, trial: TrialConfig) -> _Unknown:
+    """Placeholders of a multi-round trial (``study.rounds`` > 1): before each round but
+    the last, an annotation network on the images labelled so far and its score stage
+    (pool inference), then the last round's stages, as `_after` names them."""
+    from jobs.trial import round_plan
+
+    base = dataclasses.replace(trial, pool_fraction=None).key
+    out: list[tuple[str, str, StageSpec]] = []
+    labelled = trial.n_init
+    for k, size in enumerate(round_plan(cfg, trial)[:-1], start=1):
+        labelled += size
+        ann = after_selection(cfg, own, trial, list(range(labelled))).annotate
+        out.append(("annotate", f"{base} round {k}", ann))
+        out.append(("score", f"{base} round {k}",
+                    ScoreSpec(init_spec(cfg, trial))))
+    stand_in = after_selection(cfg, own, trial, list(range(trial.N)))
+    out += [(spec.kind, trial.key if spec.kind == "segment" else base, spec)
+            for spec in stand_in.specs()]
+    return _Unknown(out)
 
 
 def _after(cfg: SweepConfig, own: SweepConfig, trial: TrialConfig, s_spec: ScoreSpec,

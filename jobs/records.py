@@ -45,17 +45,21 @@ def exists(sweep_dir: str | Path, table: str, key: str) -> Path | None:
 
 
 class ParquetObserver(TrialObserver):
-    """A trial's Parquet records: its selection when it is made, and at its end its
-    epochs (every stage it ran) and its row in ``trials``."""
+    """A trial's Parquet records: its selection when each round makes it (the trial's
+    ``selections`` file, rewritten with every round so far), and at its end its epochs
+    (every stage it ran), its rows in ``rounds`` and its row in ``trials``."""
 
     def __init__(self, sweep_dir: str | Path) -> None:
         self.sweep_dir = Path(sweep_dir)
         self.stages: list[StageResult] = []
+        self.selection: list[dict] = []
 
-    def selected(self, trial: TrialConfig, selected: list[int]) -> None:
-        write(self.sweep_dir, "selections", trial.key, [
-            {"trial": trial.key, "image_id": i, "rank": r, "mode": trial.mode}
-            for r, i in enumerate(selected)])
+    def selected(self, trial: TrialConfig, selected: list[int], round_no: int = 1) -> None:
+        start = len(self.selection)
+        self.selection += [{"trial": trial.key, "image_id": i, "rank": start + r,
+                            "mode": trial.mode, "round": round_no}
+                           for r, i in enumerate(selected)]
+        write(self.sweep_dir, "selections", trial.key, self.selection)
 
     def stage_finished(self, result: StageResult) -> None:
         self.stages.append(result)
@@ -64,12 +68,21 @@ class ParquetObserver(TrialObserver):
         from jobs.dag import epoch_values, read_metrics
 
         trial, rows = outcome.trial, []
+        trained: dict[str, int] = {}    # kind → how many of its stages had epochs so far
         for st in self.stages:
             recs, _ = read_metrics(st.folder.metrics, 0)
+            if not recs:
+                continue
+            kind = st.name.split("-")[0]          # the folder: <kind>-<address>
+            trained[kind] = nth = trained.get(kind, 0) + 1
+            suffix = "" if nth == 1 else f"-r{nth}"   # a later round's annotate: annotate-r2
             for rec in recs:
-                rows += [{"trial": trial.key, "stage": rec.get("stage", st.name),
+                rows += [{"trial": trial.key, "stage": f"{rec.get('stage', st.name)}{suffix}",
                           "epoch": int(rec.get("epoch", 0)), "metric": k, "value": v,
                           "mode": trial.mode} for k, v in epoch_values(rec).items()]
         if rows:
             write(self.sweep_dir, "epochs", trial.key, rows)
+        if outcome.rounds:
+            write(self.sweep_dir, "rounds", trial.key,
+                  [{**r, "status": outcome.status.value} for r in outcome.rounds])
         write(self.sweep_dir, "trials", trial.key, [outcome.row])

@@ -323,6 +323,18 @@ class AnnotateSpec(StageSpec):
 
 
 @dataclass(frozen=True)
+class RoundScoreSpec(StageSpec):
+    """``study.rounds`` > 1: a round's annotation network scores the pool for the next
+    round, as the score stage does for round 1 (Eq. 2, oracle, uncertainties, pooled
+    features); ``in_init`` of its ``image_scores.parquet`` marks the network's training
+    images (``annotate.train_ids``, labelled before the next round). Its kind is
+    ``score``: the same work, so the profile's ``score`` resources apply."""
+
+    kind: ClassVar[str] = "score"
+    annotate: AnnotateSpec
+
+
+@dataclass(frozen=True)
 class PseudoSpec(StageSpec):
     """The annotation network's pseudo-labels of the additional pool."""
 

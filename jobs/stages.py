@@ -31,6 +31,7 @@ from jobs.specs import (
     PretrainSpec,
     PseudoSpec,
     Recipe,
+    RoundScoreSpec,
     ScoreSpec,
     SegmentSpec,
     StageFolder,
@@ -200,6 +201,33 @@ class StageJob(Generic[S]):
                               [p.image_iou_true or 0.0 for p in preds])
         return {"ap50": float(ap["ap50"]), "mae": float(mae)}
 
+    def score_pool(self, recipe: Recipe, network: StageFolder, labelled: set[int]
+                   ) -> dict[str, Any]:
+        """Score the pool with the network of the stage ``network`` (trained under
+        ``recipe``); write ``image_scores.parquet`` (``in_init``: the image is in
+        ``labelled``, the network's training images) and ``features.npz`` → the result,
+        whose ``network`` names the kind of stage that trained it (init or annotate)."""
+        import numpy as np
+
+        from basis.infer import predict
+
+        pool, _ = self.datasets(recipe)
+        model = self.load_model(network, recipe.model)
+        preds = predict(model, pool, loss_cfg=recipe.loss, with_features=True)
+        rows = []
+        for i, p in enumerate(preds):
+            stats = pool.stats(i) if hasattr(pool, "stats") else pool[i]
+            rows.append({"image_id": p.image_id, "seed": recipe.seed,
+                         "score_pred": p.image_score, "iou_true": p.image_iou_true,
+                         "n_objects": stats.n_objects,
+                         "mean_object_area": stats.mean_object_area,
+                         "in_init": p.image_id in labelled, **(p.extras or {})})
+        _write_parquet(self.folder.image_scores, "image_scores", rows)
+        with atomic.atomic_path(self.folder.features) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, image_id=np.asarray([p.image_id for p in preds], dtype=np.int64),
+                     features=np.asarray([p.features for p in preds], dtype=np.float32))
+        return {"n_images": len(rows), "network": network.name.split("-")[0]}
+
     def load_model(self, folder: StageFolder, model_cfg: ModelConfig) -> Any:
         """The final weights of another stage's network (an input of this one)."""
         import torch
@@ -275,31 +303,22 @@ class ScoreStage(StageJob[ScoreSpec]):
     pooled encoder features (the core-set baseline), all from one forward pass."""
 
     def run(self, env: distributed.DistEnv) -> dict[str, Any]:
-        import numpy as np
-
-        from basis.infer import predict
-
         if not env.is_rank0:
             return {}
-        recipe = self.spec.init.recipe
-        pool, _ = self.datasets(recipe)
         init = self.input("init")
-        in_init = set(init.read_result()["init_ids"])
-        model = self.load_model(init, recipe.model)
-        preds = predict(model, pool, loss_cfg=recipe.loss, with_features=True)
-        rows = []
-        for i, p in enumerate(preds):
-            stats = pool.stats(i) if hasattr(pool, "stats") else pool[i]
-            rows.append({"image_id": p.image_id, "seed": recipe.seed,
-                         "score_pred": p.image_score, "iou_true": p.image_iou_true,
-                         "n_objects": stats.n_objects,
-                         "mean_object_area": stats.mean_object_area,
-                         "in_init": p.image_id in in_init, **(p.extras or {})})
-        _write_parquet(self.folder.image_scores, "image_scores", rows)
-        with atomic.atomic_path(self.folder.features) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, image_id=np.asarray([p.image_id for p in preds], dtype=np.int64),
-                     features=np.asarray([p.features for p in preds], dtype=np.float32))
-        return {"n_images": len(rows)}
+        return self.score_pool(self.spec.init.recipe, init, set(init.read_result()["init_ids"]))
+
+
+class RoundScoreStage(StageJob[RoundScoreSpec]):
+    """``study.rounds`` > 1: a round's annotation network scores the pool for the next
+    round, by the score stage's code; ``in_init`` marks its training images."""
+
+    def run(self, env: distributed.DistEnv) -> dict[str, Any]:
+        if not env.is_rank0:
+            return {}
+        annotate = self.spec.annotate
+        return self.score_pool(annotate.recipe, self.input("annotate"),
+                               {int(i) for i in annotate.train_ids})
 
 
 class AnnotateStage(StageJob[AnnotateSpec]):
@@ -491,6 +510,7 @@ JOBS: dict[type[StageSpec], type[StageJob[Any]]] = {
     PretrainSpec: PretrainStage, InitSpec: InitStage, ScoreSpec: ScoreStage,
     AnnotateSpec: AnnotateStage, PseudoSpec: PseudoStage, SegmentSpec: SegmentStage,
     ControlSpec: ControlStage, LabelledSpec: LabelledStage, PoolScoreSpec: PoolScoreStage,
+    RoundScoreSpec: RoundScoreStage,
 }
 
 

@@ -389,8 +389,10 @@ class MlflowObserver(TrialObserver):
         self.buffer_dir, self.config_file = Path(buffer_dir), config_file
         self.run: TrialRun | None = None
         self.nested: dict[str, StageRun] = {}
+        self.started: dict[str, int] = {}     # stage kind → how many the trial started
         self.job_ids: list[str] = []
         self.selected_file: Path | None = None
+        self.rounds: list[list[int]] = []
 
     def _trial_run(self) -> TrialRun:
         if self.run is None:
@@ -403,8 +405,12 @@ class MlflowObserver(TrialObserver):
                             params, tags, buffer_dir=self.buffer_dir)
 
     def stage_started(self, spec: "StageSpec", folder: "StageFolder") -> None:
+        # a kind the trial runs again (``study.rounds``) gets a run of its own, named by
+        # its round: annotate-r2 (and score-r2, the scores round 2 selects from)
+        n = self.started[spec.kind] = self.started.get(spec.kind, 0) + 1
+        name = spec.kind if n == 1 else f"{spec.kind}-r{n}"
         self.nested[spec.dirname] = self._trial_run().stage(
-            spec.kind, spec.flat(), {"stage_dir": folder.path, "code": spec.flat()["code"]})
+            name, spec.flat(), {"stage_dir": folder.path, "code": spec.flat()["code"]})
 
     def stage_failed(self, spec: "StageSpec", error: "StageFailed") -> None:
         nested = self.nested.pop(spec.dirname)
@@ -433,16 +439,25 @@ class MlflowObserver(TrialObserver):
         self._trial_run().metrics({f"{stage}/{k}": v for k, v in epoch_values(record).items()},
                                   step=epoch)
 
-    def selected(self, trial: "TrialConfig", selected: list[int]) -> None:
+    def selected(self, trial: "TrialConfig", selected: list[int], round_no: int = 1) -> None:
         """The selected ids, kept in the sweep folder (a buffered event may upload them
-        later)."""
+        later): every round's so far, and with several rounds, each round's."""
+        self.rounds = [*self.rounds[: round_no - 1], list(selected)]
+        record: dict[str, Any] = {"trial": trial.key,
+                                  "selected": [i for ids in self.rounds for i in ids]}
+        if round_no > 1:
+            record["rounds"] = self.rounds
         path = self.buffer_dir / "artifacts" / trial.key / "selected_ids.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"trial": trial.key, "selected": selected}))
+        path.write_text(json.dumps(record))
         self.selected_file = path
 
     def trial_finished(self, outcome: TrialOutcome) -> None:
         run = self._trial_run()
+        if len(outcome.rounds) > 1:   # AP and budget per selection round, step = round
+            for rec in outcome.rounds:
+                run.metrics({f"round/{k}": rec[k] for k in ("ap50", "budget_days",
+                                                            "n_labelled")}, step=rec["round"])
         if outcome.status is Status.COMPLETED:
             run.metrics(outcome.metrics)
             files = [self.config_file, *outcome.artifacts, self.selected_file]

@@ -2,7 +2,9 @@
 
 Tune config (`TrialConfig.to_flat_dict`) → `TrialConfig` → a short list of typed stages
 (`jobs.specs`): init and score (shared by every N, β and mode of a seed), select (pure
-and cheap, run here), annotate, and optionally pseudo and segment. `TrialRunner` makes
+and cheap, run here), annotate — with ``study.rounds`` > 1 select and annotate once per
+round, the pool scored again by each round's annotation network in between — and
+optionally pseudo and segment. `TrialRunner` makes
 sure each stage exists (`jobs.dag.ensure`) and tells the trial's observers — MLflow,
 Parquet and Tune — what happened (`jobs.events`). Ray never trains: the stages run as
 submitit jobs on the profile's executor.
@@ -14,7 +16,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import submitit
 
@@ -31,6 +33,7 @@ from jobs.specs import (
     PretrainSpec,
     PseudoSpec,
     Recipe,
+    RoundScoreSpec,
     ScoreSpec,
     SegmentSpec,
     StageFolder,
@@ -41,6 +44,9 @@ from jobs.specs import (
 )
 from jobs.stages import job_for
 from jobs.tracking import MlflowObserver
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
 Report = Callable[[dict[str, Any]], None]
@@ -79,45 +85,73 @@ def init_spec(cfg: SweepConfig, trial: TrialConfig) -> InitSpec:
     return InitSpec(recipe(cfg, trial.seed), trial.n_init)
 
 
-def select_images(scores: Path | StageFolder, trial: TrialConfig
+def select_images(scores: Path | StageFolder, trial: TrialConfig, n: int | None = None,
+                  rng: "np.random.Generator | None" = None, labelled: Sequence[int] = ()
                   ) -> tuple[list[int], list[int]]:
-    """The select stage (pure and cheap, so it runs in the trial itself): the N − n_init
-    images of the scored pool chosen by the trial's mode → (initial ids, selected ids).
+    """The select stage (pure and cheap, so it runs in the trial itself): ``n`` images
+    (default: N − the labelled ones) of the scored pool, chosen by the trial's mode,
+    none labelled yet → (labelled ids, selected ids).
 
     ``predicted`` ranks by the network's image score, ``oracle`` by the true image IoU
     (Sec. 6.2.1), both closest to β; ``random`` draws from a generator seeded by
-    (seed, N), so it is the same for every β. A baseline of ``study.strategies``
-    (`SELECTION_RULES`): band/lowest/highest/stratified rank the image score, an
-    uncertainty takes the highest values of its column, ``coreset`` runs k-center greedy
-    on the stage's ``features.npz`` from the initial images; the same generator breaks
-    their ties.
+    (seed, N) (`selection_rng`), so it is the same for every β. A baseline of
+    ``study.strategies`` (`SELECTION_RULES`): band/lowest/highest/stratified rank the
+    image score, an uncertainty takes the highest values of its column, ``coreset`` runs
+    k-center greedy on the stage's ``features.npz`` from the labelled images; the same
+    generator breaks their ties.
 
     Args:
         scores: a score stage's folder (or any folder holding its image_scores.parquet,
-            and features.npz for ``coreset``).
+            and features.npz for ``coreset``): the initial network's, or a round's
+            annotation network's (`jobs.specs.RoundScoreSpec`).
+        n: images to select (a round's N', `round_plan`).
+        rng: the trial's generator, used in turn by every round (default: a fresh
+            `selection_rng`).
+        labelled: ids labelled before, besides the file's ``in_init`` rows.
+
+    Returns:
+        (labelled ids ascending: the ``in_init`` rows and ``labelled``, selected ids in
+        rank order). For the initial network's scores the first are the initial images.
     """
     import numpy as np
     import pyarrow.parquet as pq
 
-    from basis.selection import k_center_greedy, select
+    from basis.selection import k_center_greedy, select_round
 
     folder = scores if isinstance(scores, StageFolder) else StageFolder(Path(scores))
     table = pq.read_table(folder.image_scores).to_pandas()
-    init_ids = sorted(int(i) for i in table.loc[table["in_init"], "image_id"])
-    pool = table[~table["in_init"]]
-    rng = np.random.default_rng([trial.seed, trial.N])
-    n = trial.N - len(init_ids)
+    done = {int(i) for i in table.loc[table["in_init"], "image_id"]} | {int(i) for i in labelled}
+    already = sorted(done)
+    pool = table[~table["image_id"].astype(int).isin(done)]
+    rng = selection_rng(trial) if rng is None else rng
+    n = trial.N - len(already) if n is None else int(n)
     if trial.mode in ("coreset", *UNCERTAINTIES) and not _has_baseline_inputs(folder, pool):
         raise ValueError(f"{folder.path} has no uncertainties or features (a score stage of "
                          "older code?): run the sweep again without --reuse-stale")
     if trial.mode == "coreset":
         with np.load(folder.features) as npz:
-            chosen = k_center_greedy(npz["features"], npz["image_id"], init_ids, n, rng)
-        return init_ids, chosen
+            chosen = k_center_greedy(npz["features"], npz["image_id"], already, n, rng)
+        return already, chosen
     column, strategy = SELECTION_RULES[trial.mode]
     by_id = dict(zip(pool["image_id"].astype(int), pool[column].astype(float)))
-    chosen = select(strategy, by_id, n, trial.beta, rng)
-    return init_ids, [int(i) for i in chosen]
+    chosen = select_round(strategy, by_id, already, n, trial.beta, rng)
+    return already, [int(i) for i in chosen]
+
+
+def selection_rng(trial: TrialConfig) -> "np.random.Generator":
+    """The trial's selection generator, seeded by (seed, N): the same for every β and
+    mode; one generator serves every round of the trial in turn."""
+    import numpy as np
+
+    return np.random.default_rng([trial.seed, trial.N])
+
+
+def round_plan(cfg: SweepConfig, trial: TrialConfig) -> list[int]:
+    """N' per selection round (`basis.selection.plan_rounds` over ``study.rounds``):
+    ``[N − n_init]`` for the one-shot selection."""
+    from basis.selection import plan_rounds
+
+    return plan_rounds(trial.n_init, trial.N, cfg.study.rounds)
 
 
 def _has_baseline_inputs(folder: StageFolder, pool: Any) -> bool:
@@ -195,8 +229,9 @@ class TrialRunner:
         self._emit("stage_finished", result)
         return result
 
-    def selected(self, ids: list[int]) -> None:
-        self._emit("selected", self.trial, ids)
+    def selected(self, ids: list[int], round_no: int = 1) -> None:
+        """The images selection round ``round_no`` chose, in rank order."""
+        self._emit("selected", self.trial, ids, round_no)
 
     def finish(self, outcome: TrialOutcome) -> None:
         outcome.row["slurm_job_ids"] = ",".join(self.job_ids)
@@ -253,7 +288,8 @@ def _run_trial(config: dict[str, Any], ctx: SweepContext, report: Report) -> dic
                             layout.tracking, config_file=layout.config)
     runner = TrialRunner(ctx, cfg, trial, [mlflow, records.ParquetObserver(sweep_dir),
                                            TuneObserver(report)])
-    runner.start({**trial.to_flat_dict(), **own.flat(), "profile": ctx.profile.name},
+    rounds = {"study.rounds": cfg.study.rounds} if cfg.study.rounds > 1 else {}
+    runner.start({**trial.to_flat_dict(), **own.flat(), **rounds, "profile": ctx.profile.name},
                  {"N": trial.N, "beta": trial.beta, "seed": trial.seed, "mode": trial.mode,
                   "trial": trial.key, "tune_trial_id": _tune_trial_id(),
                   "code": code_fingerprint()})
@@ -274,19 +310,43 @@ def _run_trial(config: dict[str, Any], ctx: SweepContext, report: Report) -> dic
 
 def _stages(runner: TrialRunner, cfg: SweepConfig, own: SweepConfig, trial: TrialConfig,
             outcome: TrialOutcome) -> None:
-    """The trial's stages, in order; fills the outcome's row, metrics and artifacts."""
+    """The trial's stages, in order; fills the outcome's row, metrics, round rows and
+    artifacts.
+
+    Round r (1 … ``study.rounds``) selects its N' images from the scores of the initial
+    network (r = 1) or of round r − 1's annotation network (a `RoundScoreSpec` stage;
+    random needs none), then trains the annotation network on initial ∪ selected so far;
+    the last round's network is the trial's result.
+    """
     row, metrics = outcome.row, outcome.metrics
-    budget_s = _budget(cfg, trial)
     i_spec = init_spec(cfg, trial)
     if i_spec.recipe.pretrain is not None:     # computed once per sweep, shared by all
         runner.stage(i_spec.recipe.pretrain)
     init = runner.stage(i_spec)
     score = runner.stage(ScoreSpec(i_spec))
-    init_ids, selected = select_images(score.folder, trial)
-    runner.selected(selected)
-    after = after_selection(cfg, own, trial, init_ids + selected)
-    a_spec = after.annotate
-    ann = runner.stage(a_spec)
+    sizes = round_plan(cfg, trial)
+    rng = selection_rng(trial)
+    scores = score.folder
+    init_ids: list[int] = []
+    selected: list[int] = []
+    for r, n in enumerate(sizes, start=1):
+        labelled, chosen = select_images(scores, trial, n, rng, init_ids + selected)
+        if r == 1:
+            init_ids = labelled
+        selected += chosen
+        runner.selected(chosen, r)
+        after = after_selection(cfg, own, trial, init_ids + selected)
+        ann = runner.stage(after.annotate)
+        n_labelled = len(init_ids) + len(selected)
+        round_s = _budget(cfg, trial, n_strong=n_labelled)
+        outcome.rounds.append({
+            **round_columns(trial), "round": r, "rounds": len(sizes), "n_selected": len(chosen),
+            "n_labelled": n_labelled, "ap50": ann.result["ap50"], "mae": ann.result["mae"],
+            "budget_s": round_s, "budget_days": round_s / 86400.0, "stage_dir": str(ann.dir),
+            "code": row.get("code")})
+        if r < len(sizes) and trial.mode != "random":   # random reads no scores
+            scores = runner.stage(RoundScoreSpec(after.annotate)).folder
+    budget_s = _budget(cfg, trial)
     row.update(ap50=ann.result["ap50"], mae=ann.result["mae"], budget_s=budget_s,
                budget_days=budget_s / 86400.0, log_path=str(ann.dir))
     metrics.update(ap50=row["ap50"], mae=row["mae"], init_ap50=init.result["ap50"],
@@ -306,6 +366,13 @@ def _stages(runner: TrialRunner, cfg: SweepConfig, own: SweepConfig, trial: Tria
     if after.control is not None:
         ctl = runner.stage(after.control)
         row["ctl_ap50"] = metrics["ctl_ap50"] = ctl.result["ap50"]
+
+
+def round_columns(trial: TrialConfig) -> dict[str, Any]:
+    """The trial's columns of a ``rounds`` row (its key and grid coordinates)."""
+    return {"trial": trial.key, "mode": trial.mode, "N": trial.N, "beta": trial.beta,
+            "seed": trial.seed, "n_init": trial.n_init, "pool_fraction": trial.pool_fraction,
+            "variant": trial.variant}
 
 
 @dataclass(frozen=True)
@@ -341,10 +408,12 @@ def job_name(cfg: SweepConfig, kind: str) -> str:
     return f"basis-{cfg.name}-{kind}"
 
 
-def _budget(cfg: SweepConfig, trial: TrialConfig, n_additional: int | None = None) -> float:
-    """Annotation cost in seconds: N masks, plus IL+C labels for the rest of the pool
-    whenever the selection needs the pool scored (every mode but random), plus IL+C
-    labels for the ``n_additional`` pseudo-labelled images (segmentation network)."""
+def _budget(cfg: SweepConfig, trial: TrialConfig, n_additional: int | None = None, *,
+            n_strong: int | None = None) -> float:
+    """Annotation cost in seconds: N masks (``n_strong``: the masks of a round, the
+    images labelled so far), plus IL+C labels for the rest of the pool whenever the
+    selection needs the pool scored (every mode but random), plus IL+C labels for the
+    ``n_additional`` pseudo-labelled images (segmentation network)."""
     from basis.budget import annotation_budget, segmentation_budget
 
     # Every baseline but random is charged the pool's IL+C like predicted: the score-
@@ -352,10 +421,10 @@ def _budget(cfg: SweepConfig, trial: TrialConfig, n_additional: int | None = Non
     # need no IL+C from a plain RSIS, they read the sweep's annotation network, IoU-W-RSIS,
     # which runs on the pool only given its IL+C labels.
     strategy = "random" if trial.mode == "random" else "closest"
+    n = trial.N if n_strong is None else int(n_strong)
     if n_additional is None:
-        return annotation_budget(trial.N, strategy, pool_size=cfg.data.n_pool).seconds
-    return segmentation_budget(trial.N, n_additional, strategy,
-                               pool_size=cfg.data.n_pool).seconds
+        return annotation_budget(n, strategy, pool_size=cfg.data.n_pool).seconds
+    return segmentation_budget(n, n_additional, strategy, pool_size=cfg.data.n_pool).seconds
 
 
 def _completed_row(sweep_dir: Path, key: str, code: str | None = None
