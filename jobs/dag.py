@@ -218,9 +218,11 @@ def _submit(spec: StageSpec, folder: StageFolder, job: JobFactory,
 
 def submit_array(sweep_dir: Path, specs: Sequence[StageSpec], job: JobFactory,
                  executor: ExecutorFactory) -> list[str]:
-    """Submit the stages of ``specs`` that are neither done nor queued as one Slurm job
-    array (submitit's ``batch``) → the array's job ids. Trials then find each stage
-    queued and wait for it (`ensure` reattaches) instead of submitting it again."""
+    """Submit the stages of ``specs`` that are neither done nor queued, ahead of the
+    trials that need them: two or more as one Slurm job array (submitit's ``batch``),
+    a single one as a plain job → the job ids. Trials then find each stage queued and
+    wait for it (`ensure` reattaches) instead of submitting it again, so the first
+    stage runs while the driver starts Ray and the trials' workers."""
     todo: dict[Path, tuple[StageSpec, StageFolder]] = {}
     for spec in specs:
         folder = spec.folder(sweep_dir)
@@ -229,8 +231,11 @@ def submit_array(sweep_dir: Path, specs: Sequence[StageSpec], job: JobFactory,
         folder.path.mkdir(parents=True, exist_ok=True)
         if _reattach(folder) is None:
             todo[folder.path] = (spec, folder)
-    if len(todo) < 2:       # one stage is no array: its trial submits it
+    if not todo:
         return []
+    if len(todo) == 1:      # one stage is no array
+        (spec, folder), = todo.values()
+        return [_submit(spec, folder, job, executor).job_id]
     kinds = sorted({spec.kind for spec, _ in todo.values()})
     logs = _new_folder(Path(sweep_dir) / "submitit" / f"array-{'+'.join(kinds)}")
     ex = executor(logs)

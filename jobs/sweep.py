@@ -232,8 +232,9 @@ def _stale(cfg: SweepConfig, profile: ClusterProfile, sweep_dir: Path,
 
 
 def submit_init_array(cfg: SweepConfig, profile: ClusterProfile, sweep_dir: Path) -> list[str]:
-    """Submit every seed's init stage at once, as one Slurm job array; the trials then
-    wait for their seed's array task instead of each submitting it → the job ids."""
+    """Submit every seed's init stage at once, before Ray starts: as one Slurm job array
+    (a plain job for one seed); the trials then wait for their seed's job instead of
+    each submitting it → the job ids."""
     from hpc.profiles import make_executor
     from jobs import dag
     from jobs.stages import job_for

@@ -142,7 +142,7 @@ def test_retries_resubmit_a_failed_job_and_keep_its_epochs(tmp_path):
     assert len(err.value.job_ids) == 2
 
 
-def test_submit_array_skips_done_and_single_stages(tmp_path):
+def test_submit_array_skips_done_stages_and_submits_a_single_one_plain(tmp_path):
     class BatchExecutor(FakeExecutor):
         batches = 0
 
@@ -163,6 +163,12 @@ def test_submit_array_skips_done_and_single_stages(tmp_path):
         assert dag.submissions(sp.folder(tmp_path))[0].array is not None
     assert dag.submit_array(tmp_path, specs, lambda s, f: writer(f, 0),
                             BatchExecutor) == []                # all done now
+    # a single stage goes ahead as a plain job, not as an array of one
+    lone = spec(seed=7)
+    ids = dag.submit_array(tmp_path, specs + [lone], lambda s, f: writer(f, s.seed),
+                           BatchExecutor)
+    assert ids == dag.job_ids(lone.folder(tmp_path)) and len(ids) == 1
+    assert BatchExecutor.batches == 1 and dag.submissions(lone.folder(tmp_path))[0].array is None
 
 
 def test_spec_address_holds_its_config_and_the_code(tmp_path, monkeypatch):
