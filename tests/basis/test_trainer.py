@@ -64,16 +64,26 @@ class _Weights(Hook):
 
 
 class _Spike(Hook):
-    """Train the epoch after epoch ``at`` (1-based) at learning rate ``lr`` (the
-    constant schedule's next step sets the configured rates again)."""
+    """Undo the training from epoch ``at`` (1-based) on: after each segmentation epoch
+    from then to before the last (``last``, or the early stop), put back the weights training started from and train the next epoch at
+    learning rate ``lr`` (0: they stay). Those weights validate worse than trained ones
+    whatever the numerics of the machine, so epoch ``at`` stays the best. List it after
+    a hook that records an epoch's weights: those are the weights that epoch validated.
+    A run resumed after epoch ``at`` starts from these weights, so it undoes alike."""
 
-    def __init__(self, at: int, lr: float) -> None:
-        self.at, self.lr = at, lr
+    def __init__(self, at: int, last: int = 8, lr: float = 0.0) -> None:
+        self.at, self.last, self.lr, self.start = at, last, lr, None
+
+    def before_train(self, state):
+        self.start = copy.deepcopy(state.model.state_dict())
 
     def after_epoch(self, state, metrics):
-        if state.epoch == self.at:
-            for g in state.optimizer.param_groups:
-                g["lr"] = self.lr
+        if (state.epoch < self.at or metrics.get("phase_iou", 0.0) != 0.0
+                or state.epoch >= self.last or state.stopped_epoch is not None):
+            return      # the segmentation's last epoch: its end restores the best weights
+        state.model.load_state_dict(self.start)
+        for g in state.optimizer.param_groups:
+            g["lr"] = self.lr
 
 
 class _Stop(Exception):
@@ -299,10 +309,10 @@ def _check_best_restored(ts: TrainState, weights: _Weights, patience: int, iou: 
 
 
 def test_early_stopping_restores_the_best_weights():
-    """One epoch at learning rate 1.0 after epoch 3: the validation loss, falling until
-    then, falls once more and then rises (the network collapses to empty masks)."""
+    """Training undone after each epoch from epoch 3 on: the validation loss, falling
+    until then, rises, and training stops two epochs later."""
     weights = _Weights()
-    ts = train(_model(), SAME, _es_cfg(), hooks=[_Spike(3, 1.0), weights])
+    ts = train(_model(), SAME, _es_cfg(), hooks=[weights, _Spike(3)])
     _check_best_restored(ts, weights, patience=2)
     assert ts.best_model is not None and _equal_weights(ts.best_model, ts.model.state_dict())
     sd = ts.state_dict()["best"]
@@ -313,7 +323,7 @@ def test_early_stopping_then_the_iou_phase():
     """Under "freeze" the IoU epochs follow the stop, on the restored weights."""
     weights = _Weights()
     ts = train(_model(), SAME, _es_cfg(iou_epochs=1, iou_passes=2),
-               hooks=[_Spike(3, 1.0), weights])
+               hooks=[weights, _Spike(3)])
     assert ts.history[-1]["phase_iou"] == 1.0 and ts.history[-1]["epoch"] == 9.0
     assert ts.epoch == 9
     _check_best_restored(ts, weights, patience=2, iou=True)
@@ -322,12 +332,12 @@ def test_early_stopping_then_the_iou_phase():
 
 def test_early_stopping_resumes_mid_run():
     """A checkpoint between the best epoch and the stop resumes to the same result."""
-    full = train(_model(), SAME, _es_cfg(), hooks=[_Spike(3, 1.0)])
+    full = train(_model(), SAME, _es_cfg(), hooks=[_Spike(3)])
     stopper = _StopAfter(full.best_epoch + 1)
     with pytest.raises(_Stop):
-        train(_model(), SAME, _es_cfg(), hooks=[_Spike(3, 1.0), stopper])
+        train(_model(), SAME, _es_cfg(), hooks=[_Spike(3), stopper])
     assert stopper.saved["best"]["epoch"] == full.best_epoch
-    resumed = train(_model(), SAME, _es_cfg(), hooks=[_Spike(3, 1.0)], state=stopper.saved)
+    resumed = train(_model(), SAME, _es_cfg(), hooks=[_Spike(3)], state=stopper.saved)
     assert (resumed.best_epoch, resumed.stopped_epoch) == (full.best_epoch, full.stopped_epoch)
     assert _strip(resumed.history) == _strip(full.history)
     assert _equal_weights(resumed.model.state_dict(), full.model.state_dict())
@@ -336,7 +346,8 @@ def test_early_stopping_resumes_mid_run():
 def test_validation_without_patience_keeps_the_best_epoch():
     """No stop, but the weights of the best epoch are restored at the end."""
     weights = _Weights()
-    ts = train(_model(), SAME, _es_cfg(patience=None, epochs=6), hooks=[_Spike(3, 1.0), weights])
+    ts = train(_model(), SAME, _es_cfg(patience=None, epochs=6),
+              hooks=[weights, _Spike(3, last=6)])
     vals = [h["val_loss"] for h in ts.history]
     assert len(vals) == 6 and ts.stopped_epoch is None
     assert ts.best_epoch == 1 + vals.index(min(vals)) < 6, vals

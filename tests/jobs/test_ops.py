@@ -221,7 +221,13 @@ def test_cancel_on_local_slurm_then_resume(slurm_cluster, tmp_path):
     def queued() -> list[str]:
         return [s["job_id"] for s in _submitted(sweep) if s["executor"] == "slurm"]
 
-    _wait(queued, 400, "a first stage job in Slurm")
+    def trial_stage() -> bool:
+        # the init stages go in before the trials start: cancel once a trial has
+        # submitted a stage of its own, so that trial runs are open in MLflow
+        return any(p.parent.name.split("-")[0] != "init" and p.read_text().strip()
+                   for p in (sweep / "stages").glob("*/submissions.jsonl"))
+
+    _wait(trial_stage, 400, "a trial's first stage job in Slurm")
     out = basis("cancel", str(sweep), timeout=180).stdout
     assert f"scancelled the driver's Slurm job {driver}" in out
     ids = queued()
