@@ -65,8 +65,9 @@ class _Weights(Hook):
 
 class _Spike(Hook):
     """Undo the training from epoch ``at`` (1-based) on: after each segmentation epoch
-    from then to before the last (``last``, or the early stop), put back the weights training started from and train the next epoch at
-    learning rate ``lr`` (0: they stay). Those weights validate worse than trained ones
+    from then to before the last (``last``, or the early stop), put back the weights
+    training started from and train the next epoch at learning rate ``lr`` (0: they
+    stay). Those weights validate worse than trained ones
     whatever the numerics of the machine, so epoch ``at`` stays the best. List it after
     a hook that records an epoch's weights: those are the weights that epoch validated.
     A run resumed after epoch ``at`` starts from these weights, so it undoes alike."""
@@ -347,7 +348,7 @@ def test_validation_without_patience_keeps_the_best_epoch():
     """No stop, but the weights of the best epoch are restored at the end."""
     weights = _Weights()
     ts = train(_model(), SAME, _es_cfg(patience=None, epochs=6),
-              hooks=[weights, _Spike(3, last=6)])
+               hooks=[weights, _Spike(3, last=6)])
     vals = [h["val_loss"] for h in ts.history]
     assert len(vals) == 6 and ts.stopped_epoch is None
     assert ts.best_epoch == 1 + vals.index(min(vals)) < 6, vals
