@@ -216,7 +216,7 @@ def _submit(spec: StageSpec, folder: StageFolder, job: JobFactory,
     return handle
 
 
-def submit_array(sweep_dir: Path, specs: Sequence[StageSpec], job: JobFactory,
+def submit_ahead(sweep_dir: Path, specs: Sequence[StageSpec], job: JobFactory,
                  executor: ExecutorFactory) -> list[str]:
     """Submit the stages of ``specs`` that are neither done nor queued, ahead of the
     trials that need them: two or more as one Slurm job array (submitit's ``batch``),

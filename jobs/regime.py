@@ -122,7 +122,7 @@ def run(cfg: SweepConfig, profile: ClusterProfile, sweep_dir: Path,
     specs = {s: init_spec(cfg, t) for s, t in trials.items()}
     sweep_mod.ensure_pretrain(cfg, profile, sweep_dir)
     if profile.executor == "slurm" and profile.job_arrays:
-        dag.submit_array(sweep_dir, list(specs.values()), job_for,
+        dag.submit_ahead(sweep_dir, list(specs.values()), job_for,
                          _executor(cfg, profile, "init"))
     log = SweepLayout(sweep_dir).root / "regime.jsonl"
 

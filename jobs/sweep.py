@@ -242,7 +242,7 @@ def submit_init_array(cfg: SweepConfig, profile: ClusterProfile, sweep_dir: Path
 
     ensure_pretrain(cfg, profile, sweep_dir)   # every init stage starts from it
     specs = {t.seed: init_spec(cfg, t) for t in cfg.trials()}
-    return dag.submit_array(
+    return dag.submit_ahead(
         sweep_dir, list(specs.values()), job_for,
         lambda folder: make_executor(profile, folder, name=job_name(cfg, "init"),
                                      stage="init"))

@@ -67,10 +67,10 @@ class _Spike(Hook):
     """Undo the training from epoch ``at`` (1-based) on: after each segmentation epoch
     from then to before the last (``last``, or the early stop), put back the weights
     training started from and train the next epoch at learning rate ``lr`` (0: they
-    stay). Those weights validate worse than trained ones
-    whatever the numerics of the machine, so epoch ``at`` stays the best. List it after
-    a hook that records an epoch's weights: those are the weights that epoch validated.
-    A run resumed after epoch ``at`` starts from these weights, so it undoes alike."""
+    stay). Those weights validate worse than trained ones whatever the numerics of the
+    machine, so epoch ``at`` stays the best. List it after a hook that records an
+    epoch's weights: those are the weights that epoch validated. A run resumed after
+    epoch ``at`` starts from these weights, so it undoes alike."""
 
     def __init__(self, at: int, last: int = 8, lr: float = 0.0) -> None:
         self.at, self.last, self.lr, self.start = at, last, lr, None

@@ -142,7 +142,7 @@ def test_retries_resubmit_a_failed_job_and_keep_its_epochs(tmp_path):
     assert len(err.value.job_ids) == 2
 
 
-def test_submit_array_skips_done_stages_and_submits_a_single_one_plain(tmp_path):
+def test_submit_ahead_skips_done_stages_and_submits_a_single_one_plain(tmp_path):
     class BatchExecutor(FakeExecutor):
         batches = 0
 
@@ -155,17 +155,17 @@ def test_submit_array_skips_done_stages_and_submits_a_single_one_plain(tmp_path)
     FakeExecutor.submitted = 0
     specs = [spec(seed=s) for s in range(3)]
     dag.ensure(tmp_path, specs[0], lambda s, f: writer(f, 0), FakeExecutor)
-    ids = dag.submit_array(tmp_path, specs + [specs[1]],
+    ids = dag.submit_ahead(tmp_path, specs + [specs[1]],
                            lambda s, f: writer(f, s.seed), BatchExecutor)
     assert ids == ["2", "3"] and BatchExecutor.batches == 1    # seed 0 was done already
     for sp, job_id in zip(specs[1:], ids):
         assert dag.job_ids(sp.folder(tmp_path)) == [job_id]
         assert dag.submissions(sp.folder(tmp_path))[0].array is not None
-    assert dag.submit_array(tmp_path, specs, lambda s, f: writer(f, 0),
+    assert dag.submit_ahead(tmp_path, specs, lambda s, f: writer(f, 0),
                             BatchExecutor) == []                # all done now
     # a single stage goes ahead as a plain job, not as an array of one
     lone = spec(seed=7)
-    ids = dag.submit_array(tmp_path, specs + [lone], lambda s, f: writer(f, s.seed),
+    ids = dag.submit_ahead(tmp_path, specs + [lone], lambda s, f: writer(f, s.seed),
                            BatchExecutor)
     assert ids == dag.job_ids(lone.folder(tmp_path)) and len(ids) == 1
     assert BatchExecutor.batches == 1 and dag.submissions(lone.folder(tmp_path))[0].array is None
