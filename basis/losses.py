@@ -134,11 +134,27 @@ def soft_iou_cost(probs: torch.Tensor, targets: torch.Tensor, valid: torch.Tenso
     Returns:
         (P, K) float, differentiable w.r.t. ``probs``.
     """
-    v = valid.flatten().to(probs.dtype)
-    p = probs.flatten(1) * v
-    t = targets.flatten(1).to(probs.dtype) * v
-    inter = p @ t.T
-    union = p.sum(1, keepdim=True) + t.sum(1)[None, :] - inter
+    return _soft_iou_cost_flat(probs.flatten(1)[None], targets.flatten(1)[None],
+                               valid.flatten()[None])[0]
+
+
+def _soft_iou_cost_flat(probs: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor
+                        ) -> torch.Tensor:
+    """`soft_iou_cost` for a batch of images at once, maps flattened.
+
+    Args:
+        probs: (B, P, N) float in [0, 1].
+        targets: (B, K, N) float/bool (zero rows for padding).
+        valid: (B, N) bool.
+
+    Returns:
+        (B, P, K) float.
+    """
+    v = valid.to(probs.dtype)[:, None]
+    p = probs * v
+    t = targets.to(probs.dtype) * v
+    inter = torch.bmm(p, t.transpose(1, 2))
+    union = p.sum(2, keepdim=True) + t.sum(2)[:, None, :] - inter
     return 1.0 - inter / union.clamp(min=1e-6)
 
 
@@ -147,7 +163,7 @@ def hard_iou(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> t
 
     Args:
         pred, target: (N, H, W) bool.
-        valid: (H, W) bool.
+        valid: (H, W) bool, or (N, H, W) for a valid map per pair.
 
     Returns:
         (N,) float.
@@ -172,13 +188,19 @@ def match_steps(cost: torch.Tensor, step_classes: torch.Tensor | None = None,
         (rows, cols): matched step indices and instance indices, min(P, K) pairs,
         sorted by step.
     """
-    c = cost.detach().double().cpu().numpy()
     if step_classes is not None:
         assert gt_labels is not None, "step_classes needs gt_labels"
-        cross = step_classes.cpu().numpy()[:, None] != gt_labels.cpu().numpy()[None, :]
-        c = c + _CROSS_CLASS_COST * cross
-    rows, cols = linear_sum_assignment(c)
-    return rows, cols
+        return _assign(cost.detach().double().cpu().numpy(), step_classes.cpu().numpy(),
+                       gt_labels.cpu().numpy())
+    return _assign(cost.detach().double().cpu().numpy())
+
+
+def _assign(cost: np.ndarray, step_classes: np.ndarray | None = None,
+            gt_labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """`match_steps` on a numpy (P, K) float64 cost."""
+    if step_classes is not None:
+        cost = cost + _CROSS_CLASS_COST * (step_classes[:, None] != gt_labels[None, :])
+    return linear_sum_assignment(cost)
 
 
 def rsis_loss(out: RSISOutput, batch: dict, cfg: LossConfig,
@@ -202,59 +224,81 @@ def rsis_loss(out: RSISOutput, batch: dict, cfg: LossConfig,
     if unknown:
         raise ValueError(f"unknown loss parts {sorted(unknown)}")
     device = out.mask_logits.device
-    b_size, t_steps = out.mask_logits.shape[:2]
+    b_size, t_steps, height, width = out.mask_logits.shape
     class_seq = batch.get("class_seq")
 
-    mask_terms, cls_logits, cls_targets, iou_pred, iou_true = [], [], [], [], []
-    stop_logits, stop_targets = [], []
+    # Ground truth per image, largest instance first, the T largest kept; padded to
+    # (B, K, H·W) so that every image's (step, instance) costs come from one batched op.
+    gt_masks, gt_labels = [], []
     for b in range(b_size):
-        gt_masks = batch["masks"][b].to(device)
-        gt_labels = batch["labels"][b].to(device)
-        valid_px = ~batch["ignore"][b].to(device)
-        order = area_order(gt_masks)
-        gt_masks, gt_labels = gt_masks[order][:t_steps], gt_labels[order][:t_steps]
-        if class_seq is not None:
-            steps_b = class_seq[b].to(device)
-            n_valid = int((steps_b > 0).sum())
-            step_cls = steps_b[:n_valid]
-        else:
-            n_valid = min(int(gt_labels.numel()), t_steps)
-            step_cls = None
-        # The stop head says "this step holds an object": 1 on valid steps, 0 on the
-        # first step after them (RSIS's one extra position), later steps unsupervised.
-        n_stop = min(n_valid + 1, t_steps)
-        stop_logits.append(out.stop_logits[b, :n_stop])
-        stop_targets.append((torch.arange(n_stop, device=device) < n_valid).float())
-        if n_valid == 0 or gt_labels.numel() == 0:
-            continue
-        probs = torch.sigmoid(out.mask_logits[b, :n_valid])
-        cost = soft_iou_cost(probs, gt_masks, valid_px)
-        rows, cols = match_steps(cost, step_cls, gt_labels if step_cls is not None else None)
-        rows_t = torch.as_tensor(rows, device=device, dtype=torch.long)
-        cols_t = torch.as_tensor(cols, device=device, dtype=torch.long)
-        mask_terms.append(cost[rows_t, cols_t])
-        cls_logits.append(out.class_logits[b, rows_t])
-        cls_targets.append(gt_labels[cols_t])
-        with torch.no_grad():
-            binar = out.mask_logits[b, rows_t] > 0
-            iou_true.append(hard_iou(binar, gt_masks[cols_t], valid_px))
-        iou_pred.append(out.iou[b, rows_t])
+        m = batch["masks"][b].to(device)
+        order = area_order(m)[:t_steps]
+        gt_masks.append(m[order])
+        gt_labels.append(batch["labels"][b].to(device)[order])
+    n_gt = [int(lab.numel()) for lab in gt_labels]
+    k_max = max(n_gt, default=0)
+    valid_px = ~torch.stack([ig.to(device) for ig in batch["ignore"]])       # (B, H, W)
+    gt_pad = torch.zeros(b_size, k_max, height, width, dtype=torch.bool, device=device)
+    lab_pad = torch.zeros(b_size, k_max, dtype=torch.long, device=device)
+    for b in range(b_size):
+        gt_pad[b, :n_gt[b]] = gt_masks[b]
+        lab_pad[b, :n_gt[b]] = gt_labels[b]
+    if class_seq is not None:
+        class_seq = class_seq.to(device)
+        n_valid = (class_seq > 0).sum(1).tolist()
+    else:
+        n_valid = [min(k, t_steps) for k in n_gt]
 
+    # The stop head says "this step holds an object": 1 on valid steps, 0 on the first
+    # step after them (RSIS's one extra position), later steps unsupervised.
+    steps = torch.arange(t_steps, device=device)
+    nv = torch.tensor(n_valid, device=device)
+    supervised = steps[None, :] < (nv + 1).clamp(max=t_steps)[:, None]      # (B, T)
+    stop_logits = out.stop_logits[supervised]
+    stop_targets = (steps[None, :] < nv[:, None]).float()[supervised]
+
+    rows_l, cols_l, imgs_l = [], [], []
+    if k_max > 0 and max(n_valid) > 0:
+        probs = torch.sigmoid(out.mask_logits).flatten(2)                    # (B, T, H·W)
+        cost = _soft_iou_cost_flat(probs, gt_pad.flatten(2), valid_px.flatten(1))
+        cost_np = cost.detach().double().cpu().numpy()
+        seq_np = class_seq.cpu().numpy() if class_seq is not None else None
+        lab_np = lab_pad.cpu().numpy()
+        for b in range(b_size):
+            nb, kb = n_valid[b], n_gt[b]
+            if nb == 0 or kb == 0:
+                continue
+            if seq_np is not None:
+                rows, cols = _assign(cost_np[b, :nb, :kb], seq_np[b, :nb], lab_np[b, :kb])
+            else:
+                rows, cols = _assign(cost_np[b, :nb, :kb])
+            rows_l.append(rows)
+            cols_l.append(cols)
+            imgs_l.append(np.full(len(rows), b))
     zero = out.mask_logits.sum() * 0.0  # keeps the graph when a term is empty
     terms: dict[str, torch.Tensor] = {}
-    if "mask" in parts:
-        terms["mask"] = torch.cat(mask_terms).mean() if mask_terms else zero
-    if "class" in parts:
-        terms["class"] = (F.cross_entropy(torch.cat(cls_logits), torch.cat(cls_targets))
-                          if cls_logits else zero)
+    if rows_l:
+        # Matched pairs of all images, image by image, each in step order.
+        img_t, rows_t, cols_t = (torch.as_tensor(np.concatenate(x), device=device,
+                                                 dtype=torch.long)
+                                 for x in (imgs_l, rows_l, cols_l))
+        if "mask" in parts:
+            terms["mask"] = cost[img_t, rows_t, cols_t].mean()
+        if "class" in parts:
+            terms["class"] = F.cross_entropy(out.class_logits[img_t, rows_t],
+                                             lab_pad[img_t, cols_t])
+        if "iou" in parts:
+            with torch.no_grad():
+                binar = out.mask_logits[img_t, rows_t] > 0
+                iou_true = hard_iou(binar, gt_pad[img_t, cols_t], valid_px[img_t])
+            target = iou_target_transform(iou_true, cfg.iou_target).detach()
+            terms["iou"] = F.l1_loss(out.iou[img_t, rows_t], target)
+    for k in ("mask", "class", "iou"):
+        if k in parts and k not in terms:
+            terms[k] = zero
     if "stop" in parts:
-        terms["stop"] = _balanced_bce(torch.cat(stop_logits), torch.cat(stop_targets))
-    if "iou" in parts:
-        if iou_pred:
-            target = iou_target_transform(torch.cat(iou_true), cfg.iou_target).detach()
-            terms["iou"] = F.l1_loss(torch.cat(iou_pred), target)
-        else:
-            terms["iou"] = zero
+        terms["stop"] = _balanced_bce(stop_logits, stop_targets)
+    terms = {k: terms[k] for k in LOSS_PARTS if k in terms}    # summed in LOSS_PARTS order
     weights = {"mask": cfg.w_mask, "class": cfg.w_class, "stop": cfg.w_stop, "iou": cfg.w_iou}
     total = sum((weights[k] * v for k, v in terms.items()), zero)
     logs = {"loss": float(total.detach())}

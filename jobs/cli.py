@@ -127,7 +127,8 @@ def _regime(args: argparse.Namespace) -> int:
           f"profile {profile.name!r}, folder {sweep_dir} (a sweep there reuses them)",
           file=sys.stderr, flush=True)
     records = regime.run(cfg, profile, sweep_dir, seeds, force=args.force,
-                         emit=lambda rec: print(json.dumps(rec), flush=True))
+                         emit=lambda rec: print(json.dumps(rec), flush=True),
+                         reuse_stale=args.reuse_stale)
     if args.markdown:
         print(regime.markdown(records), end="")
     print(f"basis: every run is appended to {sweep_dir / 'regime.jsonl'}", file=sys.stderr)
@@ -392,6 +393,9 @@ def parser() -> argparse.ArgumentParser:
                     "`basis sweep` of the config would put it)")
     gp.add_argument("--force", action="store_true",
                     help="run into a sweep folder that holds another config")
+    gp.add_argument("--reuse-stale", action="store_true",
+                    help="keep stages that other code computed with the same spec (e.g. "
+                    "the pretrain stage after an edit of the decoder)")
     gp.add_argument("--markdown", action="store_true",
                     help="also print the seeds and the targets as a Markdown table")
     gp.set_defaults(func=_regime)

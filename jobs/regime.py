@@ -104,18 +104,23 @@ def summary(rows: list[dict[str, Any]], targets: dict[str, Target] = TARGETS
 
 def run(cfg: SweepConfig, profile: ClusterProfile, sweep_dir: Path,
         seeds: list[int] | None = None, force: bool = False,
-        emit: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+        emit: Callable[[dict[str, Any]], None] | None = None,
+        reuse_stale: bool = False) -> list[dict[str, Any]]:
     """Compute (or reuse) the pretrain, init and score stages of ``seeds`` → one metrics
     record per seed, then the summary; each record also goes to ``emit`` when it is
-    ready and is appended to ``SWEEP/regime.jsonl``."""
+    ready and is appended to ``SWEEP/regime.jsonl``. ``reuse_stale``: a stage done by
+    other code with the same spec is kept (as ``basis sweep --reuse-stale``)."""
     from jobs import sweep as sweep_mod
     from jobs.specs import pin_code_fingerprint
+    from jobs.specs import reuse_stale as keep_stale
 
     sweep_dir = sweep_dir.resolve()
     cfg = resolved(cfg)
     meta = sweep_mod.prepare(cfg, sweep_dir, force=force, profile=profile.name,
                              tracking_uri=profile.tracking_uri)
     pin_code_fingerprint(meta["code"])
+    if reuse_stale:
+        keep_stale(sweep_dir)
     seeds = list(cfg.study.seed) if not seeds else [int(s) for s in seeds]
     trials = {s: TrialConfig(N=cfg.study.N[0], beta=None, seed=s, mode="random",
                              n_init=cfg.study.n_init) for s in seeds}

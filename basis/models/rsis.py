@@ -135,10 +135,27 @@ class ConvLSTMCell(nn.Module):
             z = x.new_zeros(x.shape[0], self.hidden, *x.shape[-2:])
             state = (z, z)
         h, c = state
-        i, f, o, g = self.gates(torch.cat([x, h], 1)).chunk(4, 1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        h = torch.sigmoid(o) * torch.tanh(c)
-        return h, c
+        return self.update(self.gates(torch.cat([x, h], 1)), c)
+
+    def update(self, gates: torch.Tensor, c: torch.Tensor | None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The LSTM nonlinearity on the gate pre-activations.
+
+        Args:
+            gates: (B, 4·hidden, h, w), the gates conv's output, gates in the order
+                input, forget, output, candidate.
+            c: previous cell state (B, hidden, h, w), or None for zeros.
+
+        Returns:
+            (hidden, cell), each (B, hidden, h, w).
+        """
+        # split, not slicing: its backward is one concatenation, where each slice's
+        # would write a zero-filled full-size gradient.
+        sig, g = gates.split([3 * self.hidden, self.hidden], 1)
+        i, f, o = torch.sigmoid(sig).chunk(3, 1)
+        g = torch.tanh(g)
+        c = i * g if c is None else f * c + i * g   # f·0 + i·g is i·g exactly
+        return o * torch.tanh(c), c
 
 
 class ResNetEncoder(nn.Module):
@@ -261,6 +278,23 @@ def load_encoder_weights(net: nn.Module, path: str, name: str) -> None:
     net.load_state_dict(sd, strict=False)
 
 
+def _tap_masks(size: tuple[int, int], kernel_size: tuple[int, int], like: torch.Tensor
+               ) -> torch.Tensor:
+    """Which taps of a zero-padded "same" conv fall inside an ``size`` map.
+
+    A conv of a map constant over space (value 1) with one kernel tap set sums the taps
+    that land inside the map: 1 inside, 0 on the padding. So ``w.flatten(1) @ masks``
+    is the conv of an all-ones map with ``w`` (out, k, k), exactly.
+
+    Returns:
+        (k·k, h·w) 0/1, taps in ``weight.flatten()`` order, dtype and device of ``like``.
+    """
+    kh, kw = kernel_size
+    eye = torch.eye(kh * kw, dtype=like.dtype, device=like.device).view(kh * kw, 1, kh, kw)
+    ones = like.new_ones(1, 1, *size)
+    return F.conv2d(ones, eye, padding=(kh // 2, kw // 2)).view(kh * kw, -1)
+
+
 def _conv_bn(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout))
 
@@ -304,6 +338,10 @@ class RSIS(nn.Module):
         cell_in = [hd] + [self.cell_dims[i - 1] + skip_out[i] for i in range(1, 5)]
         self.cells = nn.ModuleList(ConvLSTMCell(ci + n_cls_in, co)
                                    for ci, co in zip(cell_in, self.cell_dims))
+        # Input channels of each cell's gates conv, in the order of its concatenation:
+        # (hidden of the cell above upsampled, skip, class one-hot, own hidden).
+        self._gate_split = [((self.cell_dims[i - 1] if i else 0), skip_out[i], n_cls_in,
+                             self.cell_dims[i]) for i in range(5)]
         self.conv_out = nn.Conv2d(self.cell_dims[-1], 1, 3, padding=1)
         feat = sum(self.cell_dims)
         self.fc_class = nn.Linear(feat, cfg.n_classes + 1)
@@ -351,54 +389,85 @@ class RSIS(nn.Module):
 
         feats = self.encoder((images - self.mean) / self.std)
         skips = [m(f) for m, f in zip(self.skips, reversed(feats))]
+        onehot = None
         if class_seq is not None:
             # Class 0 (padding) maps to the all-zero vector.
             onehot = F.one_hot(class_seq.clamp(min=0), cfg.n_classes + 1)[..., 1:].to(images.dtype)
 
+        # Each cell's gates conv runs on the concatenation (upsampled hidden of the cell
+        # above, skip, class one-hot, own hidden). It is linear in its input, so it is
+        # computed as a sum of one conv per part: the skip part (with the bias) is the
+        # same at every step and is convolved once; the class one-hot is constant over
+        # the map, so its conv is (one-hot · weight) spread over the kernel taps that
+        # fall inside the map (`_tap_masks`); only the two hidden states are convolved
+        # at every step. Same function, T times fewer MACs on the static inputs.
+        static: list[list[torch.Tensor]] = []       # per cell, per step (B, 4h, h, w)
+        dyn_w = []
+        for cell, (n_up, n_skip, n_cls, n_hid), skip in zip(self.cells, self._gate_split, skips):
+            w_up, w_skip, w_cls, w_hid = cell.gates.weight.split([n_up, n_skip, n_cls, n_hid], 1)
+            pre = F.conv2d(skip, w_skip, cell.gates.bias, padding=cell.gates.padding)
+            if onehot is None:
+                static.append([pre] * t_steps)
+            else:
+                # (B, T, 4h, k·k): the weight of each tap for the step's class; then
+                # spread over the map and added to the skip part, for all T at once.
+                taps = torch.einsum("btc,ocq->btoq", onehot, w_cls.flatten(2))
+                cls = taps @ _tap_masks(skip.shape[-2:], cell.gates.kernel_size, skip)
+                static.append((pre[:, None] + cls.view(b, t_steps, *pre.shape[1:])).unbind(1))
+            dyn_w.append((w_up.contiguous() if n_up else None, w_hid.contiguous(),
+                          torch.cat([w_up, w_hid], 1) if n_up else w_hid.contiguous()))
+
         states: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(self.cells)
-        masks, classes, stops, feats = [], [], [], []
-        mask_pool = self.fc_iou is not None and cfg.iou_pool == "avg+mask"
+        hids: list[list[torch.Tensor]] = [[] for _ in self.cells]
         for t in range(t_steps):
-            x = skips[0]
-            maxp, hids = [], []
+            up = None
             for i, cell in enumerate(self.cells):
-                if class_seq is not None:
-                    cls = onehot[:, t, :, None, None].expand(-1, -1, *x.shape[-2:])
-                    x = torch.cat([x, cls], 1)
-                hid, cell_state = cell(x, states[i])
-                states[i] = (hid, cell_state)
-                maxp.append(hid.amax(dim=(2, 3)))
-                hids.append(hid)
-                if i + 1 < len(self.cells):
-                    nxt = skips[i + 1]
-                    x = torch.cat([F.interpolate(hid, size=nxt.shape[-2:], mode="bilinear",
-                                                 align_corners=False), nxt], 1)
+                w_up, w_hid, w_both = dyn_w[i]
+                pad = cell.gates.padding
+                state = states[i]
+                if state is not None and up is not None:
+                    gates = F.conv2d(torch.cat([up, state[0]], 1), w_both, padding=pad)
+                elif state is not None:
+                    gates = F.conv2d(state[0], w_hid, padding=pad)
+                elif up is not None:          # first step: the own hidden state is zero
+                    gates = F.conv2d(up, w_up, padding=pad)
                 else:
-                    x = F.interpolate(hid, size=(h, w), mode="bilinear", align_corners=False)
-            mask_t = self.conv_out(x)[:, 0]
-            masks.append(mask_t)
-            side = torch.cat(maxp, 1)
-            classes.append(self.fc_class(side))
-            stops.append(self.fc_stop(side)[:, 0])
-            if self.fc_iou is not None:
-                # Paper Fig. 3: decoder features at every resolution, global *average*
-                # pooled, concatenated, one FC.
-                pooled = [hd_.mean(dim=(2, 3)) for hd_ in hids]
-                if mask_pool:
-                    prob = torch.sigmoid(mask_t.detach())[:, None]  # (B, 1, H, W)
-                    for hd_ in hids:
-                        wgt = F.adaptive_avg_pool2d(prob, hd_.shape[-2:])
-                        pooled.append((hd_ * wgt).sum((2, 3)) / wgt.sum((2, 3)).clamp(min=1e-6))
-                    inside = (prob * prob).sum((1, 2, 3)) / prob.sum((1, 2, 3)).clamp(min=1e-6)
-                    pooled.append(torch.stack([prob.mean((1, 2, 3)), inside], 1))
-                feats.append(torch.cat(pooled, 1))
-        iou_features = torch.stack(feats, 1) if feats else None
+                    gates = None
+                gates = static[i][t] if gates is None else gates.add_(static[i][t])
+                hid, cell_state = cell.update(gates, None if state is None else state[1])
+                states[i] = (hid, cell_state)
+                hids[i].append(hid)
+                if i + 1 < len(self.cells):
+                    up = F.interpolate(hid, size=skips[i + 1].shape[-2:], mode="bilinear",
+                                       align_corners=False)
+
+        # Nothing below feeds the recurrence, so it runs once on all T steps.
+        hid_bt = [torch.stack(hs, 1).flatten(0, 1) for hs in hids]     # (B·T, c, h, w)
+        # channels_last: oneDNN pads a 4-channel NCHW map to its 8/16-channel blocks, and
+        # this 4 → 1 conv at full resolution then cost as much as the encoder's backward.
+        x = F.interpolate(hid_bt[-1].contiguous(memory_format=torch.channels_last),
+                          size=(h, w), mode="bilinear", align_corners=False)
+        mask_bt = self.conv_out(x).contiguous()                          # (B·T, 1, H, W)
+        side = torch.cat([hd_.amax(dim=(2, 3)) for hd_ in hid_bt], 1).view(b, t_steps, -1)
+        iou_features = None
+        if self.fc_iou is not None:
+            # Paper Fig. 3: decoder features at every resolution, global *average*
+            # pooled, concatenated, one FC.
+            pooled = [hd_.mean(dim=(2, 3)) for hd_ in hid_bt]
+            if cfg.iou_pool == "avg+mask":
+                prob = torch.sigmoid(mask_bt.detach())                  # (B·T, 1, H, W)
+                for hd_ in hid_bt:
+                    wgt = F.adaptive_avg_pool2d(prob, hd_.shape[-2:])
+                    pooled.append((hd_ * wgt).sum((2, 3)) / wgt.sum((2, 3)).clamp(min=1e-6))
+                inside = (prob * prob).sum((1, 2, 3)) / prob.sum((1, 2, 3)).clamp(min=1e-6)
+                pooled.append(torch.stack([prob.mean((1, 2, 3)), inside], 1))
+            iou_features = torch.cat(pooled, 1).view(b, t_steps, -1)
         iou = (self.iou_from_features(iou_features) if iou_features is not None
                else images.new_zeros(b, t_steps))
         return RSISOutput(
-            mask_logits=torch.stack(masks, 1),
-            class_logits=torch.stack(classes, 1),
-            stop_logits=torch.stack(stops, 1),
+            mask_logits=mask_bt.view(b, t_steps, h, w),
+            class_logits=self.fc_class(side),
+            stop_logits=self.fc_stop(side)[..., 0],
             iou=iou,
             iou_features=iou_features,
         )

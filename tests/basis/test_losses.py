@@ -151,3 +151,101 @@ def test_loss_decreases_when_overfitting_a_tiny_batch():
     assert history[-1]["loss"] < 0.8 * history[0]["loss"]
     # the soft-IoU term falls slowly from a random encoder, but it must fall
     assert history[-1]["mask"] < history[0]["mask"] - 0.005
+
+
+# --- the batched loss against the per-image one ----------------------------------------
+def _reference_loss(out, batch, cfg, parts):
+    """rsis_loss as first written (before issue 14 batched it): one image at a time, its
+    own cost matrix, Hungarian matching and gathers. Kept to check the batched version."""
+    import torch.nn.functional as F
+    from scipy.optimize import linear_sum_assignment
+
+    from basis.losses import _balanced_bce
+
+    def cost_of(probs, targets, valid):
+        v = valid.flatten().to(probs.dtype)
+        p = probs.flatten(1) * v
+        t = targets.flatten(1).to(probs.dtype) * v
+        inter = p @ t.T
+        union = p.sum(1, keepdim=True) + t.sum(1)[None, :] - inter
+        return 1.0 - inter / union.clamp(min=1e-6)
+
+    t_steps = out.mask_logits.shape[1]
+    class_seq = batch.get("class_seq")
+    mask_terms, cls_logits, cls_targets, iou_pred, iou_true = [], [], [], [], []
+    stop_logits, stop_targets = [], []
+    for b in range(out.mask_logits.shape[0]):
+        order = area_order(batch["masks"][b])
+        gt_masks = batch["masks"][b][order][:t_steps]
+        gt_labels = batch["labels"][b][order][:t_steps]
+        valid_px = ~batch["ignore"][b]
+        if class_seq is not None:
+            n_valid = int((class_seq[b] > 0).sum())
+            step_cls = class_seq[b][:n_valid]
+        else:
+            n_valid = min(int(gt_labels.numel()), t_steps)
+            step_cls = None
+        n_stop = min(n_valid + 1, t_steps)
+        stop_logits.append(out.stop_logits[b, :n_stop])
+        stop_targets.append((torch.arange(n_stop) < n_valid).float())
+        if n_valid == 0 or gt_labels.numel() == 0:
+            continue
+        cost = cost_of(torch.sigmoid(out.mask_logits[b, :n_valid]), gt_masks, valid_px)
+        c = cost.detach().double().numpy()
+        if step_cls is not None:
+            c = c + 1e3 * (step_cls.numpy()[:, None] != gt_labels.numpy()[None, :])
+        rows, cols = (torch.as_tensor(x, dtype=torch.long) for x in linear_sum_assignment(c))
+        mask_terms.append(cost[rows, cols])
+        cls_logits.append(out.class_logits[b, rows])
+        cls_targets.append(gt_labels[cols])
+        with torch.no_grad():
+            iou_true.append(hard_iou(out.mask_logits[b, rows] > 0, gt_masks[cols], valid_px))
+        iou_pred.append(out.iou[b, rows])
+    zero = out.mask_logits.sum() * 0.0
+    terms = {}
+    if "mask" in parts:
+        terms["mask"] = torch.cat(mask_terms).mean() if mask_terms else zero
+    if "class" in parts:
+        terms["class"] = (F.cross_entropy(torch.cat(cls_logits), torch.cat(cls_targets))
+                          if cls_logits else zero)
+    if "stop" in parts:
+        terms["stop"] = _balanced_bce(torch.cat(stop_logits), torch.cat(stop_targets))
+    if "iou" in parts:
+        terms["iou"] = (F.l1_loss(torch.cat(iou_pred), iou_target_transform(
+            torch.cat(iou_true), cfg.iou_target).detach()) if iou_pred else zero)
+    weights = {"mask": cfg.w_mask, "class": cfg.w_class, "stop": cfg.w_stop, "iou": cfg.w_iou}
+    return sum((weights[k] * v for k, v in terms.items()), zero), terms
+
+
+@pytest.mark.parametrize("weak", [True, False])
+@pytest.mark.parametrize("parts", [("mask", "class", "stop", "iou"), ("iou",), ("stop", "mask")])
+@pytest.mark.parametrize("steps", [3, 6])
+def test_batched_loss_matches_the_per_image_reference(weak, parts, steps):
+    """Same values and gradients as the per-image loss, including an image without
+    objects, ignore pixels (the synthetic void band) and more steps than objects."""
+    data = SyntheticShapes(SyntheticConfig(image_size=40, n_classes=5), seed=3, ids=range(5))
+    batch = collate([data[i] for i in range(5)])
+    assert any(ig.any() for ig in batch["ignore"])
+    batch["masks"][2] = batch["masks"][2][:0]
+    batch["labels"][2] = batch["labels"][2][:0]
+    if weak:
+        batch["class_seq"] = class_sequence(batch["labels"], batch["masks"], steps)
+    gen = torch.Generator().manual_seed(steps)
+    raw = [torch.randn(5, steps, 40, 40, generator=gen) * 3,
+           torch.randn(5, steps, 6, generator=gen), torch.randn(5, steps, generator=gen),
+           torch.rand(5, steps, generator=gen)]
+    results = []
+    for fn in (rsis_loss, _reference_loss):
+        leaves = [x.clone().requires_grad_() for x in raw]
+        total, terms = fn(RSISOutput(*leaves), batch, LossConfig(), parts)
+        total.backward()
+        results.append((total, terms, [x.grad for x in leaves]))
+    (total, logs, grads), (ref_total, ref_terms, ref_grads) = results
+    assert set(logs) == {"loss", *parts}
+    assert total.item() == pytest.approx(ref_total.item(), rel=1e-6, abs=1e-7)
+    for k, v in ref_terms.items():
+        assert logs[k] == pytest.approx(v.item(), rel=1e-6, abs=1e-7), k
+    for g, r in zip(grads, ref_grads):
+        assert (g is None) == (r is None)
+        if r is not None:
+            assert torch.allclose(g, r, rtol=1e-5, atol=1e-8)

@@ -186,3 +186,122 @@ def test_iou_features_are_the_average_pool_by_default():
     model = RSIS(ModelConfig(**SMALL)).eval()
     out = model(torch.rand(1, 3, 32, 32), torch.tensor([[1]]))
     assert out.iou_features.shape == (1, 1, sum(model.cell_dims))
+
+
+# --- the decoder's fast path against the plain one -------------------------------------
+def _reference_cell(cell: ConvLSTMCell, x, state):
+    """ConvLSTMCell as first written: one conv on [x, h], gates i, f, o, g."""
+    if state is None:
+        z = x.new_zeros(x.shape[0], cell.hidden, *x.shape[-2:])
+        state = (z, z)
+    h, c = state
+    i, f, o, g = cell.gates(torch.cat([x, h], 1)).chunk(4, 1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
+def _reference_forward(model: RSIS, images, class_seq=None):
+    """RSIS.forward before the decoder was sped up (issue 14): every cell convolves the
+    concatenation (upsampled hidden, skip, class one-hot map, own hidden) at every step,
+    and the mask, heads and IoU features are computed step by step. Kept to check that
+    the fast path computes the same function."""
+    import torch.nn.functional as F
+
+    cfg = model.cfg
+    b, _, h, w = images.shape
+    t_steps = class_seq.shape[1] if class_seq is not None else cfg.max_steps
+    feats = model.encoder((images - model.mean) / model.std)
+    skips = [m(f) for m, f in zip(model.skips, reversed(feats))]
+    if class_seq is not None:
+        onehot = F.one_hot(class_seq.clamp(min=0), cfg.n_classes + 1)[..., 1:].to(images.dtype)
+    states = [None] * len(model.cells)
+    masks, classes, stops, iou_feats = [], [], [], []
+    for t in range(t_steps):
+        x = skips[0]
+        maxp, hids = [], []
+        for i, cell in enumerate(model.cells):
+            if class_seq is not None:
+                x = torch.cat([x, onehot[:, t, :, None, None].expand(-1, -1, *x.shape[-2:])], 1)
+            hid, c = _reference_cell(cell, x, states[i])
+            states[i] = (hid, c)
+            maxp.append(hid.amax(dim=(2, 3)))
+            hids.append(hid)
+            if i + 1 < len(model.cells):
+                nxt = skips[i + 1]
+                x = torch.cat([F.interpolate(hid, size=nxt.shape[-2:], mode="bilinear",
+                                             align_corners=False), nxt], 1)
+            else:
+                x = F.interpolate(hid, size=(h, w), mode="bilinear", align_corners=False)
+        mask_t = model.conv_out(x)[:, 0]
+        masks.append(mask_t)
+        side = torch.cat(maxp, 1)
+        classes.append(model.fc_class(side))
+        stops.append(model.fc_stop(side)[:, 0])
+        if model.fc_iou is not None:
+            pooled = [hd.mean(dim=(2, 3)) for hd in hids]
+            if cfg.iou_pool == "avg+mask":
+                prob = torch.sigmoid(mask_t.detach())[:, None]
+                for hd in hids:
+                    wgt = F.adaptive_avg_pool2d(prob, hd.shape[-2:])
+                    pooled.append((hd * wgt).sum((2, 3)) / wgt.sum((2, 3)).clamp(min=1e-6))
+                inside = (prob * prob).sum((1, 2, 3)) / prob.sum((1, 2, 3)).clamp(min=1e-6)
+                pooled.append(torch.stack([prob.mean((1, 2, 3)), inside], 1))
+            iou_feats.append(torch.cat(pooled, 1))
+    iou_features = torch.stack(iou_feats, 1) if iou_feats else None
+    iou = (model.iou_from_features(iou_features) if iou_features is not None
+           else images.new_zeros(b, t_steps))
+    return (torch.stack(masks, 1), torch.stack(classes, 1), torch.stack(stops, 1), iou,
+            iou_features)
+
+
+@pytest.mark.parametrize("kw,size", [
+    ({}, (48, 40)),
+    ({"iou_pool": "avg+mask"}, (32, 32)),
+    ({"weak": False, "iou_head": False, "max_steps": 3}, (33, 47)),   # odd sizes
+])
+def test_fast_decoder_matches_the_reference(kw, size):
+    """Same function as the plain decoder: outputs and every gradient agree to float
+    rounding (fixed seed, training mode, a loss touching every output)."""
+    cfg = ModelConfig(**{**SMALL, **kw})
+    fast, ref = RSIS(cfg, seed=0).train(), RSIS(cfg, seed=0).train()
+    gen = torch.Generator().manual_seed(1)
+    images = torch.rand(3, 3, *size, generator=gen)
+    class_seq = (torch.tensor([[1, 2, 0, 0], [3, 3, 5, 0], [4, 1, 2, 5]]) if cfg.weak
+                 else None)
+    out = fast(images, class_seq)
+    got = (out.mask_logits, out.class_logits, out.stop_logits, out.iou, out.iou_features)
+    want = _reference_forward(ref, images, class_seq)
+    loss_a = loss_b = 0.0
+    for a, b in zip(got, want):
+        if b is None:
+            assert a is None
+            continue
+        assert a.shape == b.shape
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), (a - b).abs().max()
+        weights = torch.randn(b.shape, generator=gen)
+        loss_a = loss_a + (a * weights).sum()
+        loss_b = loss_b + (b * weights).sum()
+    loss_a.backward()
+    loss_b.backward()
+    grads = dict(ref.named_parameters())
+    scale = max(p.grad.abs().max().item() for p in grads.values() if p.grad is not None)
+    for name, p in fast.named_parameters():
+        q = grads[name]
+        assert (p.grad is None) == (q.grad is None), name
+        if q.grad is not None:
+            # a conv bias before BatchNorm has a true gradient of 0: rounding noise only,
+            # hence the absolute tolerance relative to the largest gradient
+            assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-6 * scale), (
+                name, (p.grad - q.grad).abs().max().item(), scale)
+    # and the running statistics moved the same way
+    for (name, a), b in zip(fast.named_buffers(), ref.buffers()):
+        assert torch.allclose(a.float(), b.float(), rtol=1e-5, atol=1e-6), name
+
+
+def test_convlstm_cell_matches_the_reference():
+    torch.manual_seed(0)
+    cell = ConvLSTMCell(4, 6)
+    x = torch.rand(2, 4, 5, 7)
+    for state in (None, (torch.rand(2, 6, 5, 7), torch.rand(2, 6, 5, 7))):
+        for a, b in zip(cell(x, state), _reference_cell(cell, x, state)):
+            assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)
