@@ -295,6 +295,53 @@ def _tap_masks(size: tuple[int, int], kernel_size: tuple[int, int], like: torch.
     return F.conv2d(ones, eye, padding=(kh // 2, kw // 2)).view(kh * kw, -1)
 
 
+#: Bilinear ×2 upsampling (align_corners=False) composed with a 3-tap filter, per output
+#: phase a ∈ {0, 1}: rows are the source offsets −1, 0, +1, columns the filter's taps.
+_UP2_TAPS = (((0.75, 0.25, 0.0), (0.25, 0.75, 0.75), (0.0, 0.0, 0.25)),
+             ((0.25, 0.0, 0.0), (0.75, 0.75, 0.25), (0.0, 0.25, 0.75)))
+
+
+def upsample2_conv3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+                    ) -> torch.Tensor:
+    """``conv2d(interpolate(x, ×2, bilinear), weight, bias, padding=1)`` without the
+    full-resolution input: one 3×3 conv per output phase at ``x``'s resolution, then
+    `pixel_shuffle` (the same function to float rounding; at 128 px a quarter of the
+    time, since the ×2 map and oneDNN's few-channel conv on it are never made).
+
+    Bilinear ×2 of ``x`` equals the interior formula on ``x`` replicate-padded, and
+    that extends the upsampled map by replicating its border; the conv's zero padding
+    is restored by subtracting the border's contribution (1-D convs of the upsampled
+    map's first and last rows and columns).
+
+    Args:
+        x: (N, C, h, w).
+        weight: (O, C, 3, 3); bias: (O,) or None.
+
+    Returns:
+        (N, O, 2h, 2w).
+    """
+    n, c, h, w = x.shape
+    o = weight.shape[0]
+    m = torch.tensor(_UP2_TAPS, dtype=weight.dtype, device=weight.device)   # (2, 3, 3)
+    k = torch.einsum("ayk,ockl,bxl->oabcyx", m, weight, m).reshape(4 * o, c, 3, 3)
+    y = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k,
+                 None if bias is None else bias.repeat_interleave(4))
+    y = F.pixel_shuffle(y, 2)                                                # (N, O, 2h, 2w)
+    # first and last rows / columns of the upsampled map, (N, C, 2, 2w) and (N, C, 2, 2h)
+    rows = F.interpolate(x[:, :, [0, -1], :].reshape(n, 2 * c, w), scale_factor=2,
+                         mode="linear", align_corners=False).view(n, c, 2, 2 * w)
+    cols = F.interpolate(x[:, :, :, [0, -1]].transpose(2, 3).reshape(n, 2 * c, h),
+                         scale_factor=2, mode="linear", align_corners=False
+                         ).view(n, c, 2, 2 * h)
+    # the padding rows hold the replicated rows, corners included; the padding columns
+    # (without the corners) the replicated columns
+    y[:, :, 0, :] -= F.conv1d(F.pad(rows[:, :, 0], (1, 1), mode="replicate"), weight[:, :, 0])
+    y[:, :, -1, :] -= F.conv1d(F.pad(rows[:, :, 1], (1, 1), mode="replicate"), weight[:, :, 2])
+    y[:, :, :, 0] -= F.conv1d(F.pad(cols[:, :, 0], (1, 1)), weight[:, :, :, 0])
+    y[:, :, :, -1] -= F.conv1d(F.pad(cols[:, :, 1], (1, 1)), weight[:, :, :, 2])
+    return y
+
+
 def _conv_bn(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout))
 
@@ -443,11 +490,15 @@ class RSIS(nn.Module):
 
         # Nothing below feeds the recurrence, so it runs once on all T steps.
         hid_bt = [torch.stack(hs, 1).flatten(0, 1) for hs in hids]     # (B·T, c, h, w)
-        # channels_last: oneDNN pads a 4-channel NCHW map to its 8/16-channel blocks, and
-        # this 4 → 1 conv at full resolution then cost as much as the encoder's backward.
-        x = F.interpolate(hid_bt[-1].contiguous(memory_format=torch.channels_last),
-                          size=(h, w), mode="bilinear", align_corners=False)
-        mask_bt = self.conv_out(x).contiguous()                          # (B·T, 1, H, W)
+        last = hid_bt[-1]                                                # (B·T, c, h/2, w/2)
+        if (2 * last.shape[-2], 2 * last.shape[-1]) == (h, w):
+            mask_bt = upsample2_conv3(last, self.conv_out.weight, self.conv_out.bias)
+        else:
+            # odd sizes. channels_last: oneDNN pads a 4-channel NCHW map to its
+            # 8/16-channel blocks, which made this 4 → 1 conv slow.
+            x = F.interpolate(last.contiguous(memory_format=torch.channels_last),
+                              size=(h, w), mode="bilinear", align_corners=False)
+            mask_bt = self.conv_out(x).contiguous()                      # (B·T, 1, H, W)
         side = torch.cat([hd_.amax(dim=(2, 3)) for hd_ in hid_bt], 1).view(b, t_steps, -1)
         iou_features = None
         if self.fc_iou is not None:

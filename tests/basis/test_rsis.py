@@ -305,3 +305,27 @@ def test_convlstm_cell_matches_the_reference():
     for state in (None, (torch.rand(2, 6, 5, 7), torch.rand(2, 6, 5, 7))):
         for a, b in zip(cell(x, state), _reference_cell(cell, x, state)):
             assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 8, 8), (2, 4, 1, 1), (2, 3, 5, 7), (1, 2, 2, 9)])
+def test_upsample2_conv3_is_the_conv_of_the_bilinear_upsampling(shape):
+    """The phase-wise output conv equals bilinear ×2 then a zero-padded 3×3 conv, in
+    value and in every gradient (float64: rounding only), borders and corners included."""
+    import torch.nn.functional as F
+
+    from basis.models.rsis import upsample2_conv3
+
+    gen = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(*shape, dtype=torch.float64, generator=gen, requires_grad=True)
+    weight = torch.randn(2, shape[1], 3, 3, dtype=torch.float64, generator=gen,
+                         requires_grad=True)
+    bias = torch.randn(2, dtype=torch.float64, generator=gen, requires_grad=True)
+    want = F.conv2d(F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False),
+                    weight, bias, padding=1)
+    got = upsample2_conv3(x, weight, bias)
+    assert got.shape == want.shape
+    assert torch.allclose(got, want, rtol=0, atol=1e-12)
+    g = torch.randn(want.shape, dtype=torch.float64, generator=gen)
+    for a, b in zip(torch.autograd.grad(got, (x, weight, bias), g),
+                    torch.autograd.grad(want, (x, weight, bias), g)):
+        assert torch.allclose(a, b, rtol=0, atol=1e-10)
