@@ -32,7 +32,7 @@ MODES = ("oracle", "predicted")
 DPI = 100
 #: (width, height) in pixels of each figure's PNG.
 SIZES = {"ap_vs_beta": (1000, 420), "subsets": (1000, 700), "image_grid": None,
-         "ap_vs_days": (1000, 420)}
+         "ap_vs_days": (1000, 420), "delta_vs_beta": (1000, 420)}
 #: The marker of selection round 1, 2, … in `ap_vs_days` (then again from the first).
 ROUND_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -123,6 +123,46 @@ def ap_vs_beta(trials: pd.DataFrame, stem: str | Path, metric: str = "ap50",
         ax.legend(fontsize=8, loc="best")
     _same_ylim(list(axes))
     fig.suptitle("AP@0.5 vs β: mean ± std over seeds; dashed: random selection")
+    fig.tight_layout()
+    return _save(fig, Path(stem))
+
+
+def delta_vs_beta(summary: pd.DataFrame, stem: str | Path, scale: float = 100.0
+                  ) -> list[Path]:
+    """Paired Δ AP (arm − random of the same seed and N) vs β per N, oracle | predicted:
+    the mean difference and its 95 % t interval as a band; 0 (no gain) dashed.
+
+    Args:
+        summary: `analysis.paired.summary` of the annotation network's differences.
+    """
+    ns = sorted(int(n) for n in summary["N"].dropna().unique())
+    colors = _colors(ns)
+    fig = _figure(SIZES["delta_vs_beta"])
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, mode in zip(axes, MODES):
+        ax.set_title(f"{mode} IoU")
+        part = summary[(summary["mode"] == mode) & summary["beta"].notna()]
+        if part.empty:
+            _grey(ax, f"no paired {mode} results\nin this sweep")
+            continue
+        for n in ns:
+            rows = part[part["N"] == n].sort_values("beta")
+            if rows.empty:
+                continue
+            beta = rows["beta"].to_numpy(float)
+            ax.plot(beta, rows["mean"].to_numpy(float) * scale, "o-", color=colors[n],
+                    label=f"N = {n}")
+            lo, hi = rows["ci_lo"].to_numpy(float), rows["ci_hi"].to_numpy(float)
+            ax.fill_between(beta, lo * scale, hi * scale, color=colors[n], alpha=0.2,
+                            linewidth=0)
+        ax.axhline(0.0, color="0.3", linestyle="--", linewidth=1.0)
+        ax.set_xlabel("β (target image IoU score)")
+        ax.set_ylabel("Δ AP@0.5 vs random (points)")
+        ax.set_xlim(-0.05, 1.05)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+    fig.suptitle("Paired Δ AP@0.5 vs β: mean of per-seed differences to random, "
+                 "95 % CI band")
     fig.tight_layout()
     return _save(fig, Path(stem))
 

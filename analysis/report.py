@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis import figures, tables
+from analysis import figures, paired, tables
 from analysis.io import read, read_optional, sweep_config, sweep_meta
 from analysis.schema import Status, SweepLayout
 
@@ -168,29 +168,33 @@ def build(sweep: str | Path, out: str | Path | None = None) -> Report:
     section("Tables")
     built: dict[int | str, tables.Table] = {}
     rounds = read_optional(sweep, "rounds")
+
+    def put(t: tables.Table, stem: str) -> None:
+        """One table into the report and into tables/STEM.{md,tex,csv}; or its reason."""
+        if t.absent:
+            para(t.absent)
+            return
+        for form, ext in (("md", "md"), ("latex", "tex"), ("csv", "csv")):
+            (tab_dir / f"{stem}.{ext}").write_text(tables.fmt(t, form))
+        md.extend([f"### {t.title}", "", tables.to_markdown(t)])
+        body.append(f"<h3>{html.escape(t.title)}</h3>")
+        body.append(tables.to_html(t))
+
     if trials.empty:
         para("No trials recorded yet: no tables.")
     else:
         for number in tables.NUMBERS:
-            t = tables.build(trials, number, default_schedule)
-            built[number] = t
-            if t.absent:
-                para(t.absent)
-                continue
-            for form, ext in (("md", "md"), ("latex", "tex"), ("csv", "csv")):
-                (tab_dir / f"table{number}.{ext}").write_text(tables.fmt(t, form))
-            md.extend([f"### {t.title}", "", tables.to_markdown(t)])
-            body.append(f"<h3>{html.escape(t.title)}</h3>")
-            body.append(tables.to_html(t))
+            t = built[number] = tables.build(trials, number, default_schedule)
+            put(t, f"table{number}")
         t = built["rounds"] = tables.rounds_table(rounds)
-        if t.absent:
-            para(t.absent)
-        else:
-            for form, ext in (("md", "md"), ("latex", "tex"), ("csv", "csv")):
-                (tab_dir / f"rounds.{ext}").write_text(tables.fmt(t, form))
-            md.extend([f"### {t.title}", "", tables.to_markdown(t)])
-            body.append(f"<h3>{html.escape(t.title)}</h3>")
-            body.append(tables.to_html(t))
+        put(t, "rounds")
+        section("Paired differences")
+        para("Each arm minus the random arm of the same seed and N (arms that share a "
+             "seed share the initial network and the pool's scores): the mean, its 95 % "
+             "t interval and the seeds with a positive difference. `basis tables SWEEP "
+             "--paired` prints the same.")
+        for t in paired.tables(trials):
+            put(t, str(t.number))
         para("Each table is also under tables/ as Markdown, LaTeX (.tex) and CSV.")
 
     # ------------------------------------------------------------ figures
@@ -202,6 +206,14 @@ def build(sweep: str | Path, out: str | Path | None = None) -> Report:
         made += figures.ap_vs_beta(tables.annotation_trials(trials), fig_dir / "ap_vs_beta")
         image(made[-2], "AP@0.5 vs β per N (mean ± std over seeds); dashed: random "
               "selection. Left oracle IoU, right predicted IoU.")
+        summ = paired.summary(paired.differences(trials))
+        if summ.empty:
+            para("Δ AP vs β skipped: no arm has a random arm of the same seed and N yet.")
+        else:
+            made += figures.delta_vs_beta(summ, fig_dir / "delta_vs_beta")
+            image(made[-2], "Paired Δ AP@0.5 vs β per N: the mean per-seed difference to "
+                  "random selection, 95 % t interval as a band. Left oracle, right "
+                  "predicted IoU.")
         selections = read_optional(sweep, "selections")
         scores = read_optional(sweep, "image_scores")
         if selections is None or selections.empty or scores is None or scores.empty:

@@ -14,6 +14,7 @@ examples:
   basis tables runs/demo                             # Table-4-shaped AP@0.5 table
   basis tables runs/demo --mode oracle               # Table 3 shape
   basis tables runs/demo --table 2 --format latex    # any of Tables 2-8; md|latex|csv
+  basis tables runs/demo --paired                    # each arm minus random, same seed
   basis report runs/demo                             # runs/demo/report/report.{md,html}
   basis sweep configs/demo.yaml --detach             # return at once, driver runs on
   basis sweep --resume runs/demo                     # continue a sweep, skip what is done
@@ -138,6 +139,11 @@ def _regime(args: argparse.Namespace) -> int:
 def _tables(args: argparse.Namespace) -> int:
     from analysis.tables import render
 
+    if args.paired:
+        from analysis import paired
+
+        print(paired.render(args.sweep, form=args.format), end="")
+        return 0
     print(render(args.sweep, mode=args.mode, table=args.table, form=args.format), end="")
     return 0
 
@@ -411,6 +417,10 @@ def parser() -> argparse.ArgumentParser:
                     "vs annotation days per selection round (overrides --mode)")
     tp.add_argument("--format", default="md", choices=("md", "latex", "csv"),
                     help="Markdown (default), LaTeX tabular or long-format CSV")
+    tp.add_argument("--paired", action="store_true",
+                    help="paired differences instead: each arm minus the random arm of "
+                    "the same seed and N (mean, 95%% t interval, seeds > 0), and Table "
+                    "5/7's segmentation-network pairs")
     tp.set_defaults(func=_tables)
 
     rp = sub.add_parser("report", help="write SWEEP/report/report.md and report.html: "

@@ -29,6 +29,12 @@ def test_figures_render_at_their_size(sweep, tmp_path):
     png, pdf = figures.subsets(trials, sel, scores, tmp_path / "b")
     assert png_size(png) == figures.SIZES["subsets"]
     assert pdf.read_bytes()[:5] == b"%PDF-"
+    from analysis import paired
+
+    png, pdf = figures.delta_vs_beta(paired.summary(paired.differences(trials)),
+                                     tmp_path / "d")
+    assert png_size(png) == figures.SIZES["delta_vs_beta"]
+    assert pdf.read_bytes()[:5] == b"%PDF-"
     # the Fig. 5 join: each selected image carries its pool statistics
     joined = figures.selected_subsets(trials, sel, scores)
     assert len(joined) == len(sel) and joined["n_objects"].notna().all()
@@ -55,12 +61,15 @@ def test_report(sweep):
                    "predicted-b0.30-N80-s1: StageFailed: boom — log: /logs/annotate-x",
                    "predicted β=0.3 N=80: 1/2 seeds", "oracle β=0.6 N=80",
                    "basis sweep configs/fixture.yaml", "iou_target: sqrt", "| pyarrow |",
-                   "| torch |"):
+                   "| torch |", "### Paired — selection vs random, annotation network",
+                   "+15.0 [+15.0, +15.0] (2/2 > 0)", "figures/delta_vs_beta.png"):
         assert needle in md, needle
     page = rep.html.read_text()
     assert '<img src="figures/ap_vs_beta.png"' in page and "<table>" in page
     assert all(p.exists() for p in rep.figures)
     assert (sweep / "report" / "tables" / "table5.tex").exists()
+    assert (sweep / "report" / "tables" / "paired.csv").exists()
+    assert (sweep / "report" / "tables" / "paired5.md").exists()
     assert not (sweep / "report" / "tables" / "table3.md").exists()  # absent: no file
 
 
@@ -75,14 +84,20 @@ def test_versions_without_importing():
     assert v["python"].count(".") == 2 and "torch" in v and "mlflow" in v
 
 
+# A finder that refuses the cluster side's packages, as if they were not installed (not
+# None in sys.modules: SciPy reads a name there as an imported module).
 BLOCK = ("import sys\n"
-         "for m in ('torch', 'torchvision', 'ray', 'submitit', 'mlflow'):\n"
-         "    sys.modules[m] = None  # any import of it now raises ImportError\n")
+         "class _Halt:\n"
+         "    def find_spec(self, name, path=None, target=None):\n"
+         "        if name.split('.')[0] in ('torch', 'torchvision', 'ray', 'submitit', "
+         "'mlflow'):\n"
+         "            raise ModuleNotFoundError(f'import of {name} halted')\n"
+         "sys.meta_path.insert(0, _Halt())\n")
 
 
 def test_analysis_imports_without_the_cluster_side(sweep):
     code = BLOCK + (
-        "import analysis.report, analysis.tables, analysis.figures\n"
+        "import analysis.report, analysis.tables, analysis.figures, analysis.paired\n"
         f"assert 'Random subset' in analysis.tables.render({str(sweep)!r}, table=4)\n"
         "assert not [m for m in sys.modules if m.split('.')[0] in "
         "('torch', 'ray', 'submitit', 'mlflow') and sys.modules[m] is not None]\n"

@@ -58,3 +58,21 @@ def test_study_config_at_smoke_size_reproduces_its_tables(tmp_path):
     for n in (2, 3, 4, 5):
         one = basis("tables", str(tmp_path / "a"), "--table", str(n)).stdout
         assert one == basis("tables", str(tmp_path / "b"), "--table", str(n)).stdout
+
+    # the paired table: each selection arm minus the random arm of its seed and N, by hand
+    from analysis import paired
+
+    main = a[a["variant"].isna() | (a["variant"] == "")]
+    rnd = main[main["mode"] == "random"].set_index(["N", "seed"])["ap50"]
+    arms = main[main["mode"] != "random"]
+    by_hand = {(m, b, n): ap - rnd.loc[(n, s)]
+               for m, b, n, s, ap in zip(arms["mode"], arms["beta"], arms["N"], arms["seed"],
+                                         arms["ap50"])}
+    summ = paired.summary(paired.differences(a))
+    assert len(summ) == len(by_hand) and (summ["n"] == 1).all()
+    for _, row in summ.iterrows():
+        assert row["mean"] == pytest.approx(by_hand[(row["mode"], row["beta"], row["N"])])
+    text = basis("tables", str(tmp_path / "a"), "--paired").stdout
+    for (mode, beta, n), diff in by_hand.items():
+        line = [x for x in text.splitlines() if x.startswith(f"| {mode}, β = {beta:.1f} |")]
+        assert line and f"{100 * diff:+.1f} ({int(diff > 0)}/1 > 0)" in line[0], text
