@@ -355,6 +355,12 @@ class SegmentSpec(StageSpec):
     def annotate(self) -> AnnotateSpec:
         return self.pseudo.annotate
 
+    @property
+    def recipe(self) -> Recipe:
+        """The annotation network's recipe, which a fresh segmentation network trains
+        with (so its pretrain stage is an input of this one)."""
+        return self.pseudo.annotate.recipe
+
 
 @dataclass(frozen=True)
 class ControlSpec(StageSpec):

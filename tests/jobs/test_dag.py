@@ -247,3 +247,33 @@ def test_clean_removes_only_the_checkpoints_of_done_stages(tmp_path):
     assert cleaned.bytes == 1024 and not done.ckpt.exists() and done.model.exists()
     assert running.ckpt.exists() and done.result.exists() and done.metrics.exists()
     assert clean(tmp_path).removed == []
+
+
+def test_every_stage_that_trains_a_fresh_network_reads_the_pretrain_stage():
+    """With ``encoder_weights: pretrain`` the stages that build a network from scratch
+    (init, annotate, segment, control) have the pretrain stage among their inputs, so
+    the driver resolves its folder for them; the inference stages do not need it."""
+    import dataclasses
+
+    from jobs.config import SweepConfig
+    from jobs.specs import (AnnotateSpec, ControlSpec, PretrainSpec, PseudoSpec, ScoreSpec,
+                            SegmentSpec)
+    from jobs.trial import init_spec
+
+    raw = SweepConfig.load("configs/synthetic/study.yaml")
+    assert raw.uses_pretrain()
+    init = init_spec(raw, raw.trials()[0])
+    pre = init.recipe.pretrain
+    assert isinstance(pre, PretrainSpec)
+    annotate = AnnotateSpec(init.recipe, (1, 2, 3))
+    pseudo = PseudoSpec(annotate)
+    specs = {"init": init, "annotate": annotate,
+             "segment": SegmentSpec(pseudo, 4), "control": ControlSpec(init.recipe, (1, 2))}
+    for name, spec in specs.items():
+        assert spec.inputs().get("pretrain") == pre, name
+    for spec in (ScoreSpec(init), pseudo):
+        assert "pretrain" not in spec.inputs()
+    # without pretraining, nothing reads one
+    plain = dataclasses.replace(init, recipe=dataclasses.replace(init.recipe, pretrain=None))
+    assert "pretrain" not in SegmentSpec(PseudoSpec(AnnotateSpec(plain.recipe, (1,))), 2
+                                         ).inputs()
