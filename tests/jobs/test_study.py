@@ -18,10 +18,12 @@ def smoke_config(tmp_path: Path) -> Path:
     raw = yaml.safe_load(STUDY.read_text())
     raw["name"] = "study-smoke"
     raw["profile"] = "local"
-    raw["data"].update(n_pool=24, n_test=8, n_additional=8,
-                       synthetic={"image_size": 32, "n_classes": 3})
+    raw["data"].update(n_pool=24, n_test=8, n_additional=8)
+    raw["data"]["synthetic"].update(image_size=32, n_classes=3)
     raw["model"].update(hidden=16, max_steps=3)
-    raw["train"].update(epochs=1, iou_epochs=1)
+    raw["train"].update(epochs=1, iou_epochs=1, steps=None)
+    if "pretrain" in raw:
+        raw["pretrain"].update(n_images=16, epochs=1)
     raw["study"].update(n_init=8, N=[12], seed=[0])
     path = tmp_path / "study-smoke.yaml"
     path.write_text(yaml.safe_dump(raw))
