@@ -116,8 +116,10 @@ def run(cfg: SweepConfig, profile: ClusterProfile, sweep_dir: Path,
 
     sweep_dir = sweep_dir.resolve()
     cfg = resolved(cfg)
+    # no MLflow experiment: the regime's stages log nothing there (a sweep into the
+    # folder creates it), so the check also runs where MLflow is not installed
     meta = sweep_mod.prepare(cfg, sweep_dir, force=force, profile=profile.name,
-                             tracking_uri=profile.tracking_uri)
+                             tracking_uri=profile.tracking_uri, track=False)
     pin_code_fingerprint(meta["code"])
     if reuse_stale:
         keep_stale(sweep_dir)

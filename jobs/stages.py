@@ -107,6 +107,14 @@ class StageJob(Generic[S]):
     def stage_dir(self) -> Path:
         return self.folder.path
 
+    @property
+    def device(self) -> str:
+        """Where this job's networks train and predict: its task's GPU when the job has
+        one (`hpc.distributed.init` selected it by local rank), else the CPU."""
+        import torch
+
+        return f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
+
     def __call__(self) -> dict[str, Any]:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
         env = distributed.init()
@@ -165,7 +173,7 @@ class StageJob(Generic[S]):
                  Checkpointer(ckpt)] if env.is_rank0 else []
         tcfg = dataclasses.replace(recipe.train, seed=recipe.seed)
         result = train(model, pool.subset(sorted(ids)), tcfg, recipe.loss,
-                       hooks=hooks, state=state, progress=False)
+                       hooks=hooks, state=state, progress=False, device=self.device)
         return result.model
 
     def start_from(self, recipe: Recipe, model_cfg: ModelConfig) -> ModelConfig:
@@ -190,7 +198,7 @@ class StageJob(Generic[S]):
         from basis.metrics.ap import evaluate_ap
         from basis.metrics.iou import image_score_mae
 
-        preds = predict(model, test, loss_cfg=recipe.loss)
+        preds = predict(model, test, loss_cfg=recipe.loss, device=self.device)
         if keep is not None:
             keep.extend(preds)
         # void pixels leave a detection's union, as in RSIS's patched evaluation
@@ -213,7 +221,8 @@ class StageJob(Generic[S]):
 
         pool, _ = self.datasets(recipe)
         model = self.load_model(network, recipe.model)
-        preds = predict(model, pool, loss_cfg=recipe.loss, with_features=True)
+        preds = predict(model, pool, loss_cfg=recipe.loss, with_features=True,
+                        device=self.device)
         rows = []
         for i, p in enumerate(preds):
             stats = pool.stats(i) if hasattr(pool, "stats") else pool[i]
@@ -236,7 +245,7 @@ class StageJob(Generic[S]):
 
         # the whole network's weights follow: no encoder file to start from
         model = RSIS(dataclasses.replace(model_cfg, encoder_weights=None))
-        model.load_state_dict(torch.load(folder.model, weights_only=True))
+        model.load_state_dict(torch.load(folder.model, map_location="cpu", weights_only=True))
         return model.eval()
 
 
@@ -271,7 +280,8 @@ class PretrainStage(StageJob[PretrainSpec]):
         hooks = [MetricsFile(self.folder.metrics, self.kind),
                  Checkpointer(ckpt)] if env.is_rank0 else []
         model_cfg = ModelConfig(backbone=spec.backbone, n_classes=spec.synthetic.n_classes)
-        result = pretrain_encoder(model_cfg, data, spec.pretrain, hooks=hooks, state=state)
+        result = pretrain_encoder(model_cfg, data, spec.pretrain, hooks=hooks, state=state,
+                                  device=self.device)
         if not env.is_rank0:
             return {}
         atomic.torch_save(save_encoder(result), self.folder.encoder)
@@ -362,7 +372,7 @@ class PseudoStage(StageJob[PseudoSpec]):
         recipe = self.spec.annotate.recipe
         extra = self.additional(recipe)
         model = self.load_model(self.input("annotate"), recipe.model)
-        preds = predict(model, extra, loss_cfg=recipe.loss)
+        preds = predict(model, extra, loss_cfg=recipe.loss, device=self.device)
         atomic.write_text(self.folder.pseudo,
                           json.dumps([dataclasses.asdict(p) for p in preds]))
         true = [p.image_iou_true for p in preds if p.image_iou_true is not None]
@@ -454,7 +464,7 @@ class PoolScoreStage(StageJob[PoolScoreSpec]):
                          check_files=False)
         model = self.load_model(init, recipe.model)
         preds = predict(model, WeakPool(pool.images, size, label_of), loss_cfg=recipe.loss,
-                        with_iou_true=False)
+                        with_iou_true=False, device=self.device)
         if pool.has_annotations:
             self.oracle(preds, label_of, size)
         atomic.write_text(self.folder.path / "predictions.json",

@@ -53,8 +53,12 @@ def check_layout(sweep_dir: Path) -> None:
 
 
 def prepare(cfg: SweepConfig, sweep_dir: Path, force: bool = False,
-            profile: str | None = None, tracking_uri: str | None = None) -> dict[str, Any]:
-    """Create or reopen the sweep folder; refuse one that belongs to another config."""
+            profile: str | None = None, tracking_uri: str | None = None,
+            track: bool = True) -> dict[str, Any]:
+    """Create or reopen the sweep folder; refuse one that belongs to another config.
+    ``track``: also create or reopen the sweep's MLflow experiment and parent run
+    (``basis regime`` does not: its stages log nothing there, and it runs without
+    MLflow installed)."""
     paths = SweepLayout(sweep_dir)
     check_layout(sweep_dir)
     meta: dict[str, Any] = {}
@@ -68,13 +72,15 @@ def prepare(cfg: SweepConfig, sweep_dir: Path, force: bool = False,
     sweep_dir.mkdir(parents=True, exist_ok=True)
     paths.config.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     uri = tracking_uri or meta.get("mlflow_uri") or tracking.default_uri(sweep_dir)
-    try:
-        exp_id, parent = tracking.open_sweep(
-            uri, f"basis/{cfg.name}", {**cfg.flat(), "n_trials": cfg.n_trials()},
-            parent_run_id=meta.get("parent_run_id"), artifact_root=paths.mlartifacts)
-    except Exception as err:
-        raise ConfigError(f"MLflow tracking at {uri} cannot be reached or written "
-                          f"({type(err).__name__}: {str(err)[:200]})") from err
+    exp_id, parent = meta.get("experiment_id"), meta.get("parent_run_id")
+    if track:
+        try:
+            exp_id, parent = tracking.open_sweep(
+                uri, f"basis/{cfg.name}", {**cfg.flat(), "n_trials": cfg.n_trials()},
+                parent_run_id=parent, artifact_root=paths.mlartifacts)
+        except Exception as err:
+            raise ConfigError(f"MLflow tracking at {uri} cannot be reached or written "
+                              f"({type(err).__name__}: {str(err)[:200]})") from err
     from jobs.specs import code_fingerprint
 
     meta.update(name=cfg.name, fingerprint=cfg.fingerprint(), layout=LAYOUT_VERSION,

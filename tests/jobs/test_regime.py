@@ -72,6 +72,7 @@ def test_regime_then_sweep_reuses_its_stages(tmp_path):
                              "score_std", "pearson_r", "mae", "mae_mean_predictor"}
     assert not lines[0]["reused"]
     assert not (sweep / "results").exists()          # no arm was run
+    assert not (sweep / "mlflow.db").exists()        # nor an MLflow experiment made
     again = basis("regime", str(HERE / "sweep_tiny.yaml"), "--sweep-dir", str(sweep))
     rerun = [json.loads(line) for line in again.stdout.splitlines() if line.startswith("{")]
     assert rerun[0]["reused"] and rerun[0]["init_stage"] == lines[0]["init_stage"]
@@ -81,6 +82,36 @@ def test_regime_then_sweep_reuses_its_stages(tmp_path):
         assert [p.name for p in folders] == [lines[0][f"{kind}_stage"]]
         assert len(dag.submissions(StageFolder(folders[0]))) == 1   # computed once
     assert len((sweep / "regime.jsonl").read_text().splitlines()) == 4
+    assert (sweep / "mlflow.db").exists()            # the sweep made it
+
+
+def test_regime_runs_without_ray_and_mlflow(tmp_path):
+    """As on a GPU machine that has torch but neither Ray nor MLflow: every Python
+    process of the run (the CLI and its stage jobs) refuses to import them."""
+    from tests.jobs.test_sweep_e2e import HERE, basis
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class _Halt:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('ray', 'mlflow'):\n"
+        "            raise ModuleNotFoundError(f'import of {name} halted')\n"
+        "sys.meta_path.insert(0, _Halt())\n")
+    import os
+
+    root = str(HERE.parent.parent)
+    env = {"PYTHONPATH": os.pathsep.join([str(site), root])}
+    blocked = basis("-h", env=env)                     # the CLI itself imports neither
+    assert "regime" in blocked.stdout
+    out = basis("regime", str(HERE / "sweep_tiny.yaml"), "--sweep-dir",
+                str(tmp_path / "sweep"), env=env)
+    lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert lines[-1]["summary"] and lines[0]["init_ap50"] is not None
+    check = basis("sweep", str(HERE / "sweep_tiny.yaml"), "--sweep-dir",
+                  str(tmp_path / "other"), env=env, code=2)   # a sweep needs them
+    assert "mlflow" in (check.stdout + check.stderr).lower()
 
 
 @pytest.mark.slow
