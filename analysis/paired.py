@@ -25,17 +25,14 @@ import math
 import pandas as pd
 from scipy import stats
 
-from analysis.schema import Status
-from analysis.tables import Cell, Table, _col, _fractions, _mask_guided_betas, annotation_trials
+from analysis.tables import (
+    Cell, Table, _fractions, _mask_guided_betas, _ok, annotation_trials, main_study,
+)
 
 #: Columns of `summary`.
 SUMMARY_COLUMNS = ("arm", "mode", "beta", "N", "n", "mean", "sd", "ci_lo", "ci_hi",
                    "n_positive", "p")
 LEVEL = 0.95
-
-
-def _ok(trials: pd.DataFrame) -> pd.DataFrame:
-    return trials[trials["status"] == Status.COMPLETED.value]
 
 
 def arm_label(mode: str, beta: float | None) -> str:
@@ -114,7 +111,7 @@ def network_differences(trials: pd.DataFrame, full_pool: bool = True) -> pd.Data
         The columns of `differences`.
     """
     cols = ["arm", "mode", "beta", "N", "seed", "value", "baseline", "diff"]
-    main = trials[_col(trials, "variant").isna() | (_col(trials, "variant") == "")]
+    main = main_study(trials)
     frac = _fractions(main)
     scoped = _ok(main[frac >= 1.0] if full_pool else main[frac < 1.0])
     if "seg_ap50" not in scoped.columns:

@@ -153,6 +153,30 @@ def _summary(err: BaseException) -> str:
     return hits[-1] if hits else (lines[0] if lines else type(err).__name__)
 
 
+#: What a task's log says when the task died without a Python trace.
+_DEATH_LINE = re.compile(r"(Segmentation fault|Killed|killed by signal|Bus error|"
+                         r"out of memory|oom-kill|CANCELLED|DUE TO TIME LIMIT)", re.I)
+
+
+def _peer_errors(stderr0: Path, job_id: str) -> str:
+    """The other tasks' own last error lines, from their logs next to task 0's
+    (``<job>_<task>_log.err``): when a peer dies, task 0 only reports "Connection closed
+    by peer", and the cause is in the peer's log. ``""`` when none says more."""
+    found = []
+    for path in sorted(stderr0.parent.glob(f"{job_id}_*_log.err")):
+        task = path.name[len(job_id) + 1:].split("_", 1)[0]
+        if task == "0" or not task.isdigit():
+            continue
+        try:
+            lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines()]
+        except OSError:
+            continue
+        hits = [ln for ln in lines if _EXC_LINE.match(ln) or _DEATH_LINE.search(ln)]
+        if hits:
+            found.append(f"task {task}: {hits[-1][:200]} ({path})")
+    return "; ".join(found)
+
+
 def _final_state(handle: submitit.Job) -> str:
     """The scheduler's word on a finished job (TIMEOUT, CANCELLED, FAILED …), if any."""
     if not isinstance(handle, submitit.SlurmJob):
@@ -299,13 +323,16 @@ def _await_done(spec: StageSpec, folder: StageFolder, handle: submitit.Job, job:
             state = _final_state(handle)
             if state:
                 short = f"job {handle.job_id} ended {state}: {short}"
+            peers = _peer_errors(Path(handle.paths.stderr), str(handle.job_id))
+            if peers:
+                short = f"{short} [{peers}]"
             if attempt < retries:
-                log.warning("stage %s: %s; retry %d of %d", folder.name, short[:300],
+                log.warning("stage %s: %s; retry %d of %d", folder.name, short[:600],
                             attempt + 1, retries)
                 continue
             if attempt:
                 short = f"{short} (after {attempt + 1} attempts)"
-            raise StageFailed(folder.name, short[:500], str(handle.paths.stderr),
+            raise StageFailed(folder.name, short[:1000], str(handle.paths.stderr),
                               job_ids(folder)) from err
         if not folder.is_done():
             raise StageFailed(folder.name, "job ended without writing DONE",

@@ -277,3 +277,22 @@ def test_every_stage_that_trains_a_fresh_network_reads_the_pretrain_stage():
     plain = dataclasses.replace(init, recipe=dataclasses.replace(init.recipe, pretrain=None))
     assert "pretrain" not in SegmentSpec(PseudoSpec(AnnotateSpec(plain.recipe, (1,))), 2
                                          ).inputs()
+
+
+def test_a_failed_job_names_the_error_of_the_peer_that_died(tmp_path):
+    """Task 0 of a DDP job only sees "Connection closed by peer"; the stage's error
+    quotes the other tasks' own last error lines and their logs."""
+    (tmp_path / "7_0_log.err").write_text("RuntimeError: Connection closed by peer\n")
+    (tmp_path / "7_1_log.err").write_text(
+        "Traceback (most recent call last):\n  File x\nValueError: cost matrix is infeasible\n")
+    (tmp_path / "7_2_log.err").write_text("epoch 1/3 loss=1.0\n")        # nothing wrong
+    (tmp_path / "7_3_log.err").write_text("srun: error: task 3: Killed\n")
+    (tmp_path / "17_1_log.err").write_text("KeyError: 'another job'\n")
+    text = dag._peer_errors(tmp_path / "7_0_log.err", "7")
+    assert "task 1: ValueError: cost matrix is infeasible" in text
+    assert str(tmp_path / "7_1_log.err") in text
+    assert "task 3: srun: error: task 3: Killed" in text
+    assert "task 2" not in text and "another job" not in text and "task 0" not in text
+    (tmp_path / "7_1_log.err").write_text("all well\n")
+    (tmp_path / "7_3_log.err").unlink()
+    assert dag._peer_errors(tmp_path / "7_0_log.err", "7") == ""
