@@ -157,6 +157,8 @@ def _summary(err: BaseException) -> str:
 _DEATH_LINE = re.compile(r"(Segmentation fault|Killed|killed by signal|Bus error|"
                          r"out of memory|oom-kill|CANCELLED|DUE TO TIME LIMIT)", re.I)
 
+_RANK_PREFIX = re.compile(r"^\[rank\d+\]:\s?")
+
 
 def _peer_errors(stderr0: Path, job_id: str) -> str:
     """The other tasks' own last error lines, from their logs next to task 0's
@@ -168,7 +170,8 @@ def _peer_errors(stderr0: Path, job_id: str) -> str:
         if task == "0" or not task.isdigit():
             continue
         try:
-            lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines()]
+            lines = [_RANK_PREFIX.sub("", ln).strip()     # torch's "[rank1]: " prefix
+                     for ln in path.read_text(errors="replace").splitlines()]
         except OSError:
             continue
         hits = [ln for ln in lines if _EXC_LINE.match(ln) or _DEATH_LINE.search(ln)]

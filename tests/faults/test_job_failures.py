@@ -10,7 +10,7 @@ from typing import ClassVar
 import pytest
 
 from hpc.profiles import ClusterProfile, make_executor
-from jobs.dag import job_ids
+from jobs.dag import _peer_errors, job_ids
 from jobs.specs import StageFolder, StageSpec
 
 pytestmark = [pytest.mark.faults, pytest.mark.slurm, pytest.mark.slow,
@@ -61,6 +61,9 @@ def test_one_rank_failing_ends_the_job(tmp_path, how, expected):
     assert elapsed < 120, f"the job took {elapsed:.0f} s to fail"
     assert expected.lower() in str(err.value).lower(), str(err.value)[-800:]
     assert _final_state(job.job_id) == "FAILED"
+    if how == "raise":    # the stage's error quotes rank 1's own, not only task 0's
+        peers = _peer_errors(Path(job.paths.stderr), str(job.job_id))
+        assert "task 1: RuntimeError: rank 1 fails on purpose" in peers, peers
 
 
 @dataclasses.dataclass(frozen=True)

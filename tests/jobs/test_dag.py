@@ -284,7 +284,8 @@ def test_a_failed_job_names_the_error_of_the_peer_that_died(tmp_path):
     quotes the other tasks' own last error lines and their logs."""
     (tmp_path / "7_0_log.err").write_text("RuntimeError: Connection closed by peer\n")
     (tmp_path / "7_1_log.err").write_text(
-        "Traceback (most recent call last):\n  File x\nValueError: cost matrix is infeasible\n")
+        "[rank1]: Traceback (most recent call last):\n[rank1]:   File x\n"
+        "[rank1]: ValueError: cost matrix is infeasible\n")
     (tmp_path / "7_2_log.err").write_text("epoch 1/3 loss=1.0\n")        # nothing wrong
     (tmp_path / "7_3_log.err").write_text("srun: error: task 3: Killed\n")
     (tmp_path / "17_1_log.err").write_text("KeyError: 'another job'\n")
