@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -97,8 +99,25 @@ def test_job_past_its_time_limit_is_recorded(tmp_path):
     assert _final_state(err.value.job_ids[0]) in ("FAILED", "TIMEOUT")
 
 
+def _kill_tasks(job_id: str) -> int:
+    """SIGKILL the tasks of ``job_id``'s job steps at once, as the OOM killer would →
+    how many. (``scancel --signal=KILL`` alone reached the tasks of this dev cluster,
+    which tracks processes without cgroups, ~5 s after the batch step: a training that
+    ended meanwhile wrote its DONE marker, and there was nothing left to retry.)"""
+    out = subprocess.run(["scontrol", "listpids", job_id], capture_output=True, text=True,
+                         check=False).stdout.splitlines()[1:]
+    pids = [int(f[0]) for f in map(str.split, out)
+            if len(f) >= 4 and f[2].isdigit() and f[3].isdigit()]   # step tasks, not batch
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return len(pids)
+
+
 def _kill_first_annotate_job(sweep: Path, config: Path, *args: str, code: int):
-    """Run the 8-epoch tiny sweep on the local Slurm while a thread kills the first
+    """Run the 12-epoch tiny sweep on the local Slurm while a thread kills the first
     annotate job that has started training → (the sweep's output, the killed job id)."""
     import threading
 
@@ -107,16 +126,21 @@ def _kill_first_annotate_job(sweep: Path, config: Path, *args: str, code: int):
     from tests.jobs.test_sweep_e2e import CONFIG, basis
 
     raw = yaml.safe_load(CONFIG.read_text())
-    raw["train"]["epochs"] = 8          # long enough to be killed in the middle
+    raw["train"]["epochs"] = 12         # long enough to be killed in the middle
     config.write_text(yaml.safe_dump(raw))
     killed: list[str] = []
+    too_late: list[str] = []
 
     def killer():
         deadline = time.time() + 600
         while not killed and time.time() < deadline:
             for stage in sorted((sweep / "stages").glob("annotate-*/metrics.jsonl")):
                 job_id = job_ids(StageFolder(stage.parent))[0]
+                if not _kill_tasks(job_id):
+                    continue                  # its tasks are not listed yet
                 subprocess.run(["scancel", "--signal=KILL", job_id], check=False)
+                if StageFolder(stage.parent).done.exists():
+                    too_late.append(job_id)
                 killed.append(job_id)
                 break
             time.sleep(0.5)
@@ -127,6 +151,7 @@ def _kill_first_annotate_job(sweep: Path, config: Path, *args: str, code: int):
                 *args, code=code)
     thread.join(5)
     assert killed
+    assert not too_late, f"job {too_late[0]} had finished its stage before it was killed"
     return out, killed[0]
 
 
