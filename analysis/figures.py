@@ -27,6 +27,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from analysis.schema import Status
+from analysis.tables import arm_label
 
 MODES = ("oracle", "predicted")
 DPI = 100
@@ -167,10 +168,6 @@ def delta_vs_beta(summary: pd.DataFrame, stem: str | Path, scale: float = 100.0
     return _save(fig, Path(stem))
 
 
-def _arm_label(mode: str, beta: float | None) -> str:
-    return str(mode) if beta is None else f"{mode}, β = {beta:.1f}"
-
-
 def ap_vs_days(rounds: pd.DataFrame, stem: str | Path, scale: float = 100.0) -> list[Path]:
     """AP@0.5 vs annotation days per N: one line per strategy/mode (and β), through the
     mean (over seeds) of each selection round, marked by round."""
@@ -215,7 +212,7 @@ def ap_vs_days(rounds: pd.DataFrame, stem: str | Path, scale: float = 100.0) -> 
         ax.set_ylabel("AP@0.5 (%)")
         ax.margins(x=0.08, y=0.12)
         ax.grid(alpha=0.3)
-    handles = [Line2D([], [], color=colors[a], label=_arm_label(*a)) for a in arms]
+    handles = [Line2D([], [], color=colors[a], label=arm_label(*a)) for a in arms]
     handles += [Line2D([], [], color="0.2", linestyle="none", label=f"round {r}",
                        marker=ROUND_MARKERS[(r - 1) % len(ROUND_MARKERS)]) for r in numbers]
     if handles:

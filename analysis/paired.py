@@ -26,20 +26,13 @@ import pandas as pd
 from scipy import stats
 
 from analysis.tables import (
-    Cell, Table, _fractions, _mask_guided_betas, _ok, annotation_trials, main_study,
+    Cell, Table, _fractions, _mask_guided_betas, _ok, annotation_trials, arm_label, main_study,
 )
 
 #: Columns of `summary`.
 SUMMARY_COLUMNS = ("arm", "mode", "beta", "N", "n", "mean", "sd", "ci_lo", "ci_hi",
                    "n_positive", "p")
 LEVEL = 0.95
-
-
-def arm_label(mode: str, beta: float | None) -> str:
-    """``predicted, β = 0.5`` (a mode without β: the mode's name)."""
-    if beta is None or (isinstance(beta, float) and math.isnan(beta)):
-        return str(mode)
-    return f"{mode}, β = {float(beta):.1f}"
 
 
 def differences(trials: pd.DataFrame, metric: str = "ap50") -> pd.DataFrame:

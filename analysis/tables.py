@@ -90,6 +90,13 @@ class Table:
 # ---------------------------------------------------------------- cells
 
 
+def arm_label(mode: str, beta: float | None) -> str:
+    """``predicted, β = 0.5`` (a mode without β: the mode's name)."""
+    if beta is None or (isinstance(beta, float) and math.isnan(beta)):
+        return str(mode)
+    return f"{mode}, β = {float(beta):.1f}"
+
+
 def _cell(values: pd.Series, expected: int, scale: float, digits: int = 1,
           show_std: bool = True) -> Cell:
     vals = values.dropna().astype(float) * scale
