@@ -582,11 +582,12 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from analysis.io import ResultsError
     from hpc.profiles import ProfileError
-    from jobs.config import ConfigError
 
     try:
         return int(args.func(args))
-    except (ConfigError, ProfileError, ResultsError, ValueError) as err:
+    # ValueError covers jobs.config.ConfigError, which is not imported here: it brings
+    # torch (~3 s), which `basis tables`, `report` and `status` do not need
+    except (ProfileError, ResultsError, ValueError) as err:
         print(f"basis: error: {err}", file=sys.stderr)
         return 2
 
