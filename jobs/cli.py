@@ -586,7 +586,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args))
     # ValueError covers jobs.config.ConfigError, which is not imported here: it brings
-    # torch (~3 s), which `basis tables`, `report` and `status` do not need
+    # torch (~3 s), which `basis tables` and `basis report` do not need
     except (ProfileError, ResultsError, ValueError) as err:
         print(f"basis: error: {err}", file=sys.stderr)
         return 2

@@ -135,11 +135,12 @@ def _kill_first_annotate_job(sweep: Path, config: Path, *args: str, code: int):
         deadline = time.time() + 600
         while not killed and time.time() < deadline:
             for stage in sorted((sweep / "stages").glob("annotate-*/metrics.jsonl")):
-                job_id = job_ids(StageFolder(stage.parent))[0]
-                if not _kill_tasks(job_id):
-                    continue                  # its tasks are not listed yet
+                folder = StageFolder(stage.parent)
+                job_id = job_ids(folder)[0]
+                if folder.done.exists() or not _kill_tasks(job_id):
+                    continue                  # finished already, or not listed yet
                 subprocess.run(["scancel", "--signal=KILL", job_id], check=False)
-                if StageFolder(stage.parent).done.exists():
+                if folder.done.exists():      # its DONE came before the kill
                     too_late.append(job_id)
                 killed.append(job_id)
                 break
@@ -150,7 +151,7 @@ def _kill_first_annotate_job(sweep: Path, config: Path, *args: str, code: int):
     out = basis("sweep", str(config), "--profile", "local-slurm", "--sweep-dir", str(sweep),
                 *args, code=code)
     thread.join(5)
-    assert killed
+    assert killed, "no annotate job was caught while it trained"
     assert not too_late, f"job {too_late[0]} had finished its stage before it was killed"
     return out, killed[0]
 
